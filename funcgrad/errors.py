@@ -1,0 +1,30 @@
+"""Error types funcgrad raises for bad input.
+
+Each names the layer, argument or primitive at fault, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+
+class FuncgradError(Exception):
+    """Base class of every error funcgrad raises on purpose."""
+
+
+class ShapeError(FuncgradError, ValueError):
+    """An array has the wrong rank or size for the layer or function it reached."""
+
+
+class ParamsError(FuncgradError, ValueError):
+    """A parameter or state tree does not match the layer: missing, extra or misshapen leaves."""
+
+
+class DTypeError(FuncgradError, TypeError):
+    """An array has a dtype the layer or function cannot use (say, int where float is needed)."""
+
+
+class PrimitiveError(FuncgradError, TypeError):
+    """A registered primitive or its derivative rule is used or written wrongly."""
+
+
+class ConfigError(FuncgradError, ValueError):
+    """A constructor or function received an out-of-range or inconsistent setting."""

@@ -1,0 +1,79 @@
+"""Layers and combinators: pure ``init``/``apply`` pairs over nested dicts of arrays."""
+
+from funcgrad.nn.activations import (
+    Elementwise,
+    elementwise,
+    gelu,
+    log_softmax,
+    relu,
+    sigmoid,
+    softmax,
+    softplus,
+    tanh,
+)
+from funcgrad.nn.attention import MultiHeadAttention
+from funcgrad.nn.combinators import (
+    Parallel,
+    Remat,
+    Repeat,
+    Residual,
+    Serial,
+    Shared,
+    parallel,
+    remat,
+    repeat,
+    residual,
+    serial,
+    shared,
+)
+from funcgrad.nn.conv import Conv, ConvTranspose
+from funcgrad.nn.dense import Dense, Scale
+from funcgrad.nn.dropout import Dropout
+from funcgrad.nn.embedding import Embedding
+from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
+from funcgrad.nn.norm import BatchNorm, LayerNorm, RMSNorm
+from funcgrad.nn.pool import Pool, avg_pool, max_pool
+from funcgrad.nn.reshape import Flatten, Reshape
+
+__all__ = [
+    "BatchNorm",
+    "Context",
+    "Conv",
+    "ConvTranspose",
+    "Dense",
+    "Dropout",
+    "Elementwise",
+    "Embedding",
+    "Flatten",
+    "Layer",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "Parallel",
+    "ParamLayer",
+    "ParamSpec",
+    "Pool",
+    "RMSNorm",
+    "Remat",
+    "Repeat",
+    "Reshape",
+    "Residual",
+    "Scale",
+    "Serial",
+    "Shared",
+    "avg_pool",
+    "elementwise",
+    "gelu",
+    "log_softmax",
+    "max_pool",
+    "parallel",
+    "relu",
+    "remat",
+    "repeat",
+    "residual",
+    "serial",
+    "shared",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "tanh",
+]  # fmt: skip

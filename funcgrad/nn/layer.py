@@ -1,0 +1,298 @@
+"""The Layer value: ``init(key, x) -> params`` and ``apply(params, x) -> y`` over plain dict pytrees.
+
+Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers from a table of parameter specs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import DTypeError, ParamsError, ShapeError
+
+Array = jax.Array
+Params = dict[str, Any]
+State = dict[str, Any]
+Path = tuple[str, ...]
+Spec = jax.ShapeDtypeStruct
+Initializer = Callable[..., Array]
+
+
+def path_str(path: Path) -> str:
+    """``('block_0', 'dense_1')`` as ``params['block_0']['dense_1']``, as `jax.tree_util.keystr` writes it."""
+    return "params" + "".join(f"[{k!r}]" for k in path)
+
+
+def path_key(key: Array, path: Path) -> Array:
+    """Fold a stable hash of ``path`` into ``key`` (crc32, not Python's salted ``hash``)."""
+    return jax.random.fold_in(key, zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What one ``apply`` call carries down the tree: randomness, mode, and shared parameters."""
+
+    key: Array | None
+    train: bool
+    shared: Mapping[str, Any]
+
+
+def as_spec(x: Any, where: str) -> Any:
+    """An example input (array or `jax.ShapeDtypeStruct`, or a tuple of them) as ShapeDtypeStructs."""
+    if isinstance(x, (tuple, list)):
+        return tuple(as_spec(a, where) for a in x)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    try:
+        arr = jnp.asarray(x)
+    except TypeError:
+        raise TypeError(
+            f"{where}: expected an array or jax.ShapeDtypeStruct as example input; "
+            f"got {type(x).__name__}"
+        ) from None
+    return jax.ShapeDtypeStruct(arr.shape, arr.dtype)
+
+
+class Layer:
+    """A layer: an immutable value with ``init`` and ``apply``, both pure.
+
+    Subclasses implement ``_init`` and ``_apply``; users call ``init``, ``apply``
+    and, for parameterless layers, the layer itself as a function.
+    """
+
+    kind: str = "layer"
+    name: str | None = None
+
+    # -- the public contract ------------------------------------------------------------------
+
+    def init(self, key: Array, x: Any) -> Params:
+        """Parameters for inputs like ``x`` (an array or `jax.ShapeDtypeStruct`); no data is computed.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> from funcgrad import nn
+          >>> params = nn.Dense(3).init(jax.random.key(0), jnp.zeros((1, 2)))
+          >>> jax.tree.map(jnp.shape, params)
+          {'b': (3,), 'w': (2, 3)}
+        """
+        return self.init_with_state(key, x)[0]
+
+    def init_with_state(self, key: Array, x: Any) -> tuple[Params, State]:
+        """Parameters and the initial state (batch-norm statistics; ``{}`` for stateless models)."""
+        _check_key(key, f"{type(self).__name__}.init")
+        shared: dict[str, Any] = {}
+        params, state, _ = self._init(key, as_spec(x, f"{type(self).__name__}.init"), (), shared)
+        for name, sub in shared.items():
+            if name in params:
+                raise ParamsError(
+                    f"shared layer '{name}' collides with a parameter key of the same name at the "
+                    "top of the model; give the shared layer another name"
+                )
+            params = {**params, name: sub}
+        return params, state
+
+    def init_state(self, x: Any) -> State:
+        """The initial state alone, for models with `BatchNorm`."""
+        return self.init_with_state(jax.random.key(0), x)[1]
+
+    def apply(
+        self,
+        params: Params,
+        x: Any,
+        *,
+        key: Array | None = None,
+        state: State | None = None,
+        train: bool | None = None,
+    ) -> Any:
+        """Run the layer. Pure: the same arguments always give the same result.
+
+        Args:
+          params: the tree ``init`` returned.
+          x: the input, batch first.
+          key: a PRNG key; giving one switches on training mode (dropout).
+          state: the state tree; when given, ``apply`` returns ``(y, new_state)``.
+          train: training mode; defaults to ``key is not None``. Batch norm in
+            training mode uses batch statistics and updates ``state``.
+
+        Returns:
+          ``y``, or ``(y, new_state)`` when ``state`` was given.
+        """
+        if key is not None:
+            _check_key(key, f"{type(self).__name__}.apply")
+        names = shared_names(self)
+        if names and isinstance(params, Mapping):
+            missing = [n for n in names if n not in params]
+            if missing:
+                raise ParamsError(
+                    f"params lack the shared layer(s) {missing}, stored at the top of the tree"
+                )
+            shared = {n: params[n] for n in names}
+            params = {k: v for k, v in params.items() if k not in names}
+        else:
+            shared = {}
+        ctx = Context(key=key, train=key is not None if train is None else train, shared=shared)
+        y, new_state = self._apply(params, {} if state is None else state, x, ctx, ())
+        return y if state is None else (y, new_state)
+
+    def __call__(self, x: Any) -> Any:
+        """Apply a parameterless, stateless layer as a plain function: ``nn.relu(x)``."""
+        return self.apply({}, x)
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    def children(self) -> tuple[Layer, ...]:
+        """The layers this one contains (combinators); leaves have none."""
+        return ()
+
+    def _init(
+        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
+    ) -> tuple[Params, State, Any]:
+        """Return ``(params, state, output spec)`` for an input spec."""
+        raise NotImplementedError
+
+    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
+        """Return ``(y, new_state)``."""
+        raise NotImplementedError
+
+    def _output_spec(self, params: Params, state: State, x: Spec, path: Path) -> Any:
+        ctx = Context(key=None, train=False, shared={})
+        return jax.eval_shape(lambda p, s, v: self._apply(p, s, v, ctx, path)[0], params, state, x)
+
+
+def shared_names(layer: Layer) -> list[str]:
+    """Names of the `shared` layers anywhere inside ``layer``, whose parameters sit at the top."""
+    found: list[str] = []
+    stack = [layer]
+    while stack:
+        node = stack.pop()
+        if node.kind == "shared" and node.name not in found:
+            found.append(str(node.name))
+        stack.extend(node.children())
+    return found
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, jax.Array):
+        raise TypeError(
+            f"{where}: expected a PRNG key from jax.random.key; got {type(key).__name__}"
+        )
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed or raw) or (typed and key.shape != ()):
+        raise TypeError(
+            f"{where}: expected a single PRNG key (jax.random.key(seed)); got an array of "
+            f"shape {key.shape} and dtype {key.dtype}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a leaf layer: its shape, dtype and initialiser."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    init: Initializer
+
+
+class ParamLayer(Layer):
+    """A leaf layer described by ``param_specs(x)`` and ``forward(params, x, ctx, path)``.
+
+    Initialisation and the check of a given parameter tree both come from the
+    one table of specs, so they cannot disagree.
+    """
+
+    def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
+        return {}
+
+    def check_input(self, x: Spec, path: Path) -> None:
+        """Raise a clear error if ``x`` cannot go through this layer."""
+
+    def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
+        raise NotImplementedError
+
+    def forward_with_state(
+        self, params: Params, state: State, x: Array, ctx: Context, path: Path
+    ) -> tuple[Array, State]:
+        """``forward`` for layers with state; stateless layers pass the state through."""
+        return self.forward(params, x, ctx, path), state
+
+    def _init(
+        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
+    ) -> tuple[Params, State, Any]:
+        self.check_input(x, path)
+        specs = self.param_specs(x, path)
+        base = path_key(key, path)
+        params = {
+            n: s.init(jax.random.fold_in(base, i), s.shape, s.dtype)
+            for i, (n, s) in enumerate(sorted(specs.items()))
+        }
+        state = self.initial_state(x)
+        return params, state, self._output_spec(params, state, x, path)
+
+    def initial_state(self, x: Spec) -> State:
+        """The state of a stateful layer before any step; ``{}`` for the rest."""
+        return {}
+
+    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
+        x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+        self.check_input(jax.ShapeDtypeStruct(x.shape, x.dtype), path)
+        check_params(params, self.param_specs(x, path), path, type(self).__name__, x.shape)
+        with jax.named_scope("/".join(path) or self.kind):
+            return self.forward_with_state(params, state, x, ctx, path)
+
+
+def check_params(
+    params: Any, specs: dict[str, ParamSpec], path: Path, layer: str, x_shape: tuple[int, ...]
+) -> None:
+    """Check that ``params`` holds exactly the keys of ``specs``, with their shapes."""
+    where = f"{layer} at {path_str(path)}"
+    if not isinstance(params, Mapping):
+        raise ParamsError(f"{where}: expected a dict of parameters; got {type(params).__name__}")
+    expected = {n: s.shape for n, s in specs.items()}
+    missing = sorted(set(expected) - set(params))
+    extra = sorted(set(params) - set(expected))
+    if missing or extra:
+        raise ParamsError(
+            f"{where}: parameter keys differ (missing {missing}, unexpected {extra}); "
+            f"expected {expected or 'no parameters'}"
+        )
+    for n, shape in expected.items():
+        got = jnp.shape(params[n])
+        if got != shape:
+            raise ParamsError(
+                f"{where}: parameter '{n}' should have shape {shape} for an input of shape "
+                f"{tuple(x_shape)}; got {got} (were the parameters made for another input size?)"
+            )
+        if not jnp.issubdtype(jnp.result_type(params[n]), jnp.inexact):
+            raise DTypeError(
+                f"{where}: parameter '{n}' must be floating point; got {jnp.result_type(params[n])}"
+            )
+
+
+def require_rank(x: Spec, ranks: tuple[int, ...], path: Path, layer: str, layout: str) -> None:
+    """Raise a ShapeError naming the layer unless ``x.ndim`` is one of ``ranks``."""
+    if x.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(
+            f"{layer} at {path_str(path)}: expected input of rank {want} {layout}; "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def require_float(x: Spec, path: Path, layer: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise DTypeError(
+            f"{layer} at {path_str(path)}: expected a floating-point input; got dtype {x.dtype}"
+        )
+
+
+def compute_dtype(dtype: Any, *arrays: Any) -> Any:
+    """The dtype to compute in: ``dtype`` if given, else the promotion of the arrays."""
+    return jnp.dtype(dtype) if dtype is not None else jnp.result_type(*arrays)

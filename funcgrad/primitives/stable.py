@@ -1,0 +1,493 @@
+"""The built-in primitives: numerically stable forms with hand-written backward rules.
+
+Each is registered through the public `primitive` decorator, exactly as a user's would be.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from funcgrad.errors import ConfigError, DTypeError, ShapeError
+from funcgrad.primitives.registry import primitive
+
+Array = jax.Array
+Axis = int | tuple[int, ...] | None
+
+
+def _where_finite(x: Array, fill: float = 0.0) -> Array:
+    return jnp.where(jnp.isfinite(x), x, fill)
+
+
+# --- softplus family -------------------------------------------------------------------------
+
+
+@primitive
+def log1pexp(x: Array) -> Array:
+    """log(1 + exp(x)), the softplus, without overflow: max(x, 0) + log1p(exp(-|x|)).
+
+    Example:
+      >>> import funcgrad as fg
+      >>> round(float(fg.log1pexp(4.5)), 12)
+      4.511047744849
+    """
+    return jnp.logaddexp(x, jnp.zeros_like(x))
+
+
+@log1pexp.backward
+def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+    # dy·σ(x), not the textbook dy·(1 − 1/(1 + eˣ)), which cancels to 0 below x ≈ −16.6.
+    (x,) = inputs
+    return (output_grad * jax.nn.sigmoid(x),)
+
+
+@primitive
+def log_sigmoid(x: Array) -> Array:
+    """log σ(x) = −log(1 + exp(−x)), finite for every finite x.
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.log_sigmoid(-100.0))
+      -100.0
+    """
+    return -jnp.logaddexp(-x, jnp.zeros_like(x))
+
+
+@log_sigmoid.backward
+def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+    (x,) = inputs
+    return (output_grad * jax.nn.sigmoid(-x),)
+
+
+@primitive
+def sigmoid(x: Array) -> Array:
+    """The logistic function σ(x) = 1 / (1 + exp(−x)); backward dy·y·(1 − y).
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.sigmoid(0.0))
+      0.5
+    """
+    return lax.logistic(x)
+
+
+@sigmoid.backward
+def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+    return (output_grad * output * (1 - output),)
+
+
+@primitive
+def logaddexp(a: Array, b: Array) -> Array:
+    """log(exp(a) + exp(b)) without overflow; both −inf gives −inf with zero gradients.
+
+    ``a`` and ``b`` must have the same shape (broadcast them first).
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.logaddexp(1000.0, 1000.0)) - 1000.0 > 0.69
+      True
+    """
+    _same_shape("logaddexp", a, b)
+    return jnp.logaddexp(a, b)
+
+
+@logaddexp.backward
+def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array]:
+    a, b = inputs
+    # σ(a − b) and σ(b − a) are the weights; a − b is NaN when both are the same infinity.
+    both_inf = jnp.isinf(a) & (a == b)
+    wa = jnp.where(both_inf, jnp.where(a > 0, 0.5, 0.0), jax.nn.sigmoid(a - b))
+    wb = jnp.where(both_inf, jnp.where(a > 0, 0.5, 0.0), jax.nn.sigmoid(b - a))
+    return (output_grad * wa.astype(a.dtype), output_grad * wb.astype(b.dtype))
+
+
+# --- reductions over an axis -----------------------------------------------------------------
+
+
+def _mask(x: Array, where: Array | None) -> Array:
+    return jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
+
+
+@primitive(name="logsumexp")
+def _logsumexp(x: Array, where: Array, *, axis: Axis = None, keepdims: bool = False) -> Array:
+    """log Σ exp(x) over axis, masked by where; all −inf rows give −inf, zero gradients."""
+    top = jnp.max(jnp.where(where, x, -jnp.inf), axis=axis, keepdims=True)
+    shift = lax.stop_gradient(_where_finite(top))
+    total = jnp.sum(jnp.where(where, jnp.exp(x - shift), 0), axis=axis, keepdims=True)
+    out = jnp.log(total) + shift
+    return out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))
+
+
+@_logsumexp.backward
+def _(
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis, keepdims: bool
+) -> tuple[Array, None]:
+    x, where = inputs
+    if not keepdims:
+        output = jnp.expand_dims(output, _axes(axis, x.ndim))
+        output_grad = jnp.expand_dims(output_grad, _axes(axis, x.ndim))
+    # exp(x − out) is the softmax; a row of all −inf (or all masked) has out = −inf: weight 0.
+    weight = jnp.where(where & jnp.isfinite(output), jnp.exp(x - _where_finite(output)), 0)
+    return (output_grad * weight, None)
+
+
+def logsumexp(
+    x: Array, axis: Axis = None, *, keepdims: bool = False, where: Array | None = None
+) -> Array:
+    """log Σ exp(x) over ``axis``, stable; ``where`` masks entries out of the sum.
+
+    A row whose entries are all −inf or all masked gives −inf and zero gradients.
+
+    Example:
+      >>> import jax.numpy as jnp, funcgrad as fg
+      >>> float(fg.logsumexp(jnp.array([-jnp.inf, -jnp.inf])))
+      -inf
+    """
+    x = jnp.asarray(x)
+    _float_input("logsumexp", x)
+    return _logsumexp(x, _mask(x, where), axis=_norm_axis(axis), keepdims=keepdims)
+
+
+@primitive(name="softmax")
+def _softmax(x: Array, where: Array, *, axis: Axis) -> Array:
+    """Softmax over axis, masked by where; fully masked rows give 0."""
+    lse = _logsumexp(x, where, axis=axis, keepdims=True)
+    return jnp.where(where & jnp.isfinite(lse), jnp.exp(x - _where_finite(lse)), 0)
+
+
+@_softmax.backward
+def _(
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis
+) -> tuple[Array, None]:
+    inner = jnp.sum(output_grad * output, axis=axis, keepdims=True)
+    return (output * (output_grad - inner), None)
+
+
+def softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
+    """exp(x) / Σ exp(x) over ``axis``; masked entries and fully masked rows give 0.
+
+    Example:
+      >>> import jax.numpy as jnp, funcgrad as fg
+      >>> fg.softmax(jnp.array([0.0, 0.0])).tolist()
+      [0.5, 0.5]
+    """
+    x = jnp.asarray(x)
+    _float_input("softmax", x)
+    return _softmax(x, _mask(x, where), axis=_norm_axis(axis))
+
+
+@primitive(name="log_softmax")
+def _log_softmax(x: Array, where: Array, *, axis: Axis) -> Array:
+    """Log-softmax over axis, masked by where; fully masked rows give −inf."""
+    lse = _logsumexp(x, where, axis=axis, keepdims=True)
+    return jnp.where(where & jnp.isfinite(lse), x - _where_finite(lse), -jnp.inf)
+
+
+@_log_softmax.backward
+def _(
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis
+) -> tuple[Array, None]:
+    _, where = inputs
+    g = jnp.where(where, output_grad, 0)
+    probs = jnp.where(where, jnp.exp(output), 0)
+    return (g - probs * jnp.sum(g, axis=axis, keepdims=True), None)
+
+
+def log_softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
+    """x − logsumexp(x) over ``axis``; masked entries and fully masked rows give −inf.
+
+    Example:
+      >>> import jax.numpy as jnp, funcgrad as fg
+      >>> round(float(fg.log_softmax(jnp.array([0.0, 0.0]))[0]), 6)
+      -0.693147
+    """
+    x = jnp.asarray(x)
+    _float_input("log_softmax", x)
+    return _log_softmax(x, _mask(x, where), axis=_norm_axis(axis))
+
+
+# --- logs near their singularities -----------------------------------------------------------
+
+
+@primitive
+def log1mexp(x: Array) -> Array:
+    """log(1 − exp(−x)) for x ≥ 0, by Mächler's switch at log 2.
+
+    Below log 2, log(−expm1(−x)); above, log1p(−exp(−x)): each single formula
+    loses all precision on the other side.
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.log1mexp(50.0)) < 0
+      True
+    """
+    small = x <= jnp.log(2.0).astype(x.dtype)
+    return jnp.where(small, jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
+
+
+@log1mexp.backward
+def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+    (x,) = inputs
+    return (output_grad / jnp.expm1(x),)
+
+
+@primitive(name="safe_norm")
+def _safe_norm(x: Array, *, axis: Axis, keepdims: bool) -> Array:
+    """Euclidean norm without overflow or underflow; gradient 0 at 0."""
+    scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    scale = lax.stop_gradient(jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1))
+    out = scale * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axis, keepdims=True))
+    return out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))
+
+
+@_safe_norm.backward
+def _(
+    inputs: tuple[Array], output: Array, output_grad: Array, *, axis: Axis, keepdims: bool
+) -> tuple[Array]:
+    (x,) = inputs
+    if not keepdims:
+        output = jnp.expand_dims(output, _axes(axis, x.ndim))
+        output_grad = jnp.expand_dims(output_grad, _axes(axis, x.ndim))
+    # The norm's gradient x/‖x‖ is undefined at 0; funcgrad takes the subgradient 0.
+    safe = jnp.where(output > 0, output, 1)
+    return (jnp.where(output > 0, output_grad * (x / safe), 0),)
+
+
+def safe_norm(x: Array, axis: Axis = None, *, keepdims: bool = False) -> Array:
+    """The Euclidean norm over ``axis``: no overflow at 1e20, no underflow at 1e-23, gradient 0 at 0.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, funcgrad as fg
+      >>> jax.grad(fg.safe_norm)(jnp.zeros(3)).tolist()
+      [0.0, 0.0, 0.0]
+    """
+    x = jnp.asarray(x)
+    _float_input("safe_norm", x)
+    return _safe_norm(x, axis=_norm_axis(axis), keepdims=keepdims)
+
+
+@primitive
+def xlogy(x: Array, y: Array) -> Array:
+    """x·log(y), defined as 0 wherever x = 0, whatever y.
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.xlogy(0.0, 0.0))
+      0.0
+    """
+    _same_shape("xlogy", x, y)
+    return jnp.where(x == 0, jnp.zeros_like(x), x * jnp.log(jnp.where(x == 0, 1, y)))
+
+
+@xlogy.backward
+def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array]:
+    x, y = inputs
+    dy = jnp.where(x == 0, 0, x / jnp.where(x == 0, 1, y))
+    return (output_grad * jnp.log(y), output_grad * dy)
+
+
+# --- losses as primitives --------------------------------------------------------------------
+
+
+@primitive(name="softmax_cross_entropy")
+def _softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-example softmax cross-entropy for integer labels or per-class targets."""
+    lse = _logsumexp(logits, jnp.ones(logits.shape, bool), axis=-1, keepdims=False)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+        return lse - picked
+    # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
+    weighted = jnp.where(labels == 0, 0, labels * logits)
+    return lse * jnp.sum(labels, axis=-1) - jnp.sum(weighted, axis=-1)
+
+
+@_softmax_cross_entropy.backward
+def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array | None]:
+    logits, labels = inputs
+    lse = _logsumexp(logits, jnp.ones(logits.shape, bool), axis=-1, keepdims=True)
+    probs = jnp.exp(logits - _where_finite(lse))
+    g = output_grad[..., None]
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return (g * (probs - onehot), None)
+    total = jnp.sum(labels, axis=-1, keepdims=True)
+    log_probs = jnp.where(jnp.isfinite(logits), logits - _where_finite(lse), -jnp.inf)
+    return (g * (probs * total - labels), -g * log_probs)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Per-example −Σ t·log softmax(z) over the last axis, for integer labels or per-class targets.
+
+    Args:
+      logits: ``(..., classes)``.
+      labels: integer class indices of shape ``(...)``, or targets (one-hot or
+        soft) of shape ``(..., classes)``.
+
+    Returns:
+      The loss per example, shape ``(...)``. A −inf logit whose target is 0
+      gives a finite loss and gradient.
+
+    Example:
+      >>> import jax.numpy as jnp, funcgrad as fg
+      >>> z = jnp.array([[0.0, -jnp.inf]])
+      >>> fg.softmax_cross_entropy(z, jnp.array([0])).tolist()
+      [0.0]
+    """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _float_input("softmax_cross_entropy", logits)
+    if logits.ndim == 0:
+        raise ShapeError(
+            "softmax_cross_entropy: logits need a class axis, shape (..., classes); got a scalar"
+        )
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    if integer and labels.shape != logits.shape[:-1]:
+        raise ShapeError(
+            f"softmax_cross_entropy: integer labels must have shape {logits.shape[:-1]} "
+            f"(the logits' shape without the class axis); got {labels.shape}"
+        )
+    if not integer:
+        if labels.shape != logits.shape:
+            raise ShapeError(
+                f"softmax_cross_entropy: labels of shape {labels.shape} fit neither integer "
+                f"class labels {logits.shape[:-1]} nor per-class targets {logits.shape}"
+            )
+        labels = labels.astype(logits.dtype)
+    return _softmax_cross_entropy(logits, labels)
+
+
+@primitive(name="sigmoid_binary_cross_entropy")
+def _sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Elementwise binary cross-entropy from logits."""
+    return jnp.logaddexp(logits, jnp.zeros_like(logits)) - logits * labels
+
+
+@_sigmoid_binary_cross_entropy.backward
+def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array]:
+    logits, labels = inputs
+    return (output_grad * (jax.nn.sigmoid(logits) - labels), -output_grad * logits)
+
+
+def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Elementwise −t·log σ(z) − (1 − t)·log(1 − σ(z)), from logits, stable at any magnitude.
+
+    Example:
+      >>> import funcgrad as fg
+      >>> float(fg.sigmoid_binary_cross_entropy(100.0, 1.0))
+      0.0
+    """
+    logits = jnp.asarray(logits)
+    _float_input("sigmoid_binary_cross_entropy", logits)
+    labels = jnp.asarray(labels)
+    if labels.shape != logits.shape:
+        raise ShapeError(
+            f"sigmoid_binary_cross_entropy: labels must have the logits' shape {logits.shape}; "
+            f"got {labels.shape}"
+        )
+    return _sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+
+
+# --- gradient tools --------------------------------------------------------------------------
+
+
+@primitive(name="clip_gradient", reverse_only=True)
+def _clip_gradient(x: Array, lo: Array, hi: Array) -> Array:
+    """Identity forward; clips the gradient to [lo, hi] (reverse-only)."""
+    return x
+
+
+@_clip_gradient.backward
+def _(inputs: tuple[Array, Array, Array], output: Array, output_grad: Array) -> tuple[Any, ...]:
+    _, lo, hi = inputs
+    return (jnp.clip(output_grad, lo, hi).astype(output_grad.dtype), None, None)
+
+
+def clip_gradient(x: Array, lo: float | Array, hi: float | Array) -> Array:
+    """Identity forward; the backward clips the incoming gradient to [lo, hi]. Reverse-only.
+
+    Example:
+      >>> import jax, funcgrad as fg
+      >>> float(jax.grad(lambda x: 10 * fg.clip_gradient(x, -1.0, 1.0))(0.0))
+      1.0
+    """
+    x = jnp.asarray(x)
+    _float_input("clip_gradient", x)
+    return _clip_gradient(x, jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype))
+
+
+@primitive(name="scale_gradient")
+def _scale_gradient(x: Array, scale: Array) -> Array:
+    """Identity forward; multiplies the gradient by scale."""
+    return x
+
+
+@_scale_gradient.backward
+def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, None]:
+    return (output_grad * inputs[1], None)
+
+
+def scale_gradient(x: Array, scale: float | Array) -> Array:
+    """Identity forward; the backward multiplies the gradient by ``scale`` (−1: gradient reversal).
+
+    Example:
+      >>> import jax, funcgrad as fg
+      >>> float(jax.grad(lambda x: fg.scale_gradient(x, -1.0))(3.0))
+      -1.0
+    """
+    x = jnp.asarray(x)
+    _float_input("scale_gradient", x)
+    return _scale_gradient(x, jnp.asarray(scale, x.dtype))
+
+
+@primitive(name="straight_through")
+def _straight_through(x: Array, *, fn: str) -> Array:
+    """round or sign forward, identity backward."""
+    return jnp.round(x) if fn == "round" else jnp.sign(x)
+
+
+@_straight_through.backward
+def _(inputs: tuple[Array], output: Array, output_grad: Array, *, fn: str) -> tuple[Array]:
+    return (output_grad,)
+
+
+def straight_through(x: Array, fn: Literal["round", "sign"] = "round") -> Array:
+    """``round(x)`` or ``sign(x)`` forward, identity backward (the straight-through estimator).
+
+    Example:
+      >>> import jax, funcgrad as fg
+      >>> float(fg.straight_through(0.7)), float(jax.grad(fg.straight_through)(0.7))
+      (1.0, 1.0)
+    """
+    if fn not in ("round", "sign"):
+        raise ConfigError(f"straight_through: fn must be 'round' or 'sign'; got {fn!r}")
+    x = jnp.asarray(x)
+    _float_input("straight_through", x)
+    return _straight_through(x, fn=fn)
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def _float_input(name: str, x: Array) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise DTypeError(f"{name}: expected a floating-point array; got dtype {x.dtype}")
+
+
+def _same_shape(name: str, a: Array, b: Array) -> None:
+    if jnp.shape(a) != jnp.shape(b):
+        raise ShapeError(
+            f"{name}: both inputs must have the same shape; got {jnp.shape(a)} and "
+            f"{jnp.shape(b)} (broadcast them first)"
+        )
+
+
+def _norm_axis(axis: Axis) -> Axis:
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(a % ndim for a in ((axis,) if isinstance(axis, int) else axis))

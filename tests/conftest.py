@@ -1,0 +1,20 @@
+"""Test configuration: 64-bit JAX (the seeds' numbers are float64), the examples folder on the path,
+and hypothesis profiles (``--hypothesis-profile=ci`` is the default; ``thorough`` searches longer)."""
+
+import os
+import sys
+from pathlib import Path
+
+import jax
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
