@@ -1,6 +1,6 @@
 """Multi-head dot-product attention: self- and cross-attention, with a causal flag or a boolean mask.
 
-The attention itself is `jax.nn.dot_product_attention`; this layer adds the projections and the checks.
+The softmax is funcgrad's masked one, in the input's precision (at least float32): a fully masked row gives 0.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from funcgrad.nn.layer import (
     path_str,
     require_float,
 )
+from funcgrad.primitives.stable import softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +147,21 @@ class MultiHeadAttention(ParamLayer):
             y = jnp.einsum("btd,dhk->bthk", a, p[f"w{n}"])
             return y + p[f"b{n}"] if self.use_bias else y
 
-        y = jax.nn.dot_product_attention(
-            project(q, "q"), project(kv, "k"), project(kv, "v"), mask=mask, is_causal=self.causal
-        )
+        y = attend(project(q, "q"), project(kv, "k"), project(kv, "v"), mask, self.causal)
         y = jnp.einsum("bthk,hko->bto", y, p["wo"])
         return y + p["bo"] if self.use_bias else y
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array | None, causal: bool) -> Array:
+    """softmax(q·kᵀ/√d) v over ``(batch, length, heads, head_dim)``, masked where ``mask`` is False.
+
+    `jax.nn.dot_product_attention` always takes its softmax in float32, which
+    would cap a float64 model's precision; this keeps the input's precision.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = logits.astype(jnp.promote_types(q.dtype, jnp.float32))
+    allowed = jnp.ones(logits.shape, bool) if mask is None else jnp.broadcast_to(mask, logits.shape)
+    if causal:
+        allowed = allowed & jnp.tril(jnp.ones(logits.shape[-2:], bool), k.shape[1] - q.shape[1])
+    weights = softmax(logits, axis=-1, where=allowed).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)

@@ -1,0 +1,153 @@
+"""Every layer honours the Layer contract: shapes, deterministic init, gradients, jit, vmap, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcgrad as fg
+from funcgrad import nn
+
+KEY = jax.random.key(0)
+
+
+def normal(*shape):
+    return jax.random.normal(jax.random.key(sum(shape)), shape, jnp.float64)
+
+
+# name -> (layer, example input, expected output shape)
+CASES = {
+    "dense": (nn.Dense(5), normal(3, 4), (3, 5)),
+    "dense_no_bias": (nn.Dense(2, use_bias=False), normal(2, 3, 4), (2, 3, 2)),
+    "scale": (nn.Scale(), normal(3, 4), (3, 4)),
+    "scale_scalar": (nn.Scale(shape=()), normal(3, 4), (3, 4)),
+    "conv1d": (nn.Conv(4, (3,)), normal(2, 9, 3), (2, 9, 4)),
+    "conv2d_strided": (
+        nn.Conv(4, (3, 3), strides=2, padding="VALID"),
+        normal(2, 7, 7, 2),
+        (2, 3, 3, 4),
+    ),
+    "conv2d_dilated_groups": (
+        nn.Conv(4, (3, 3), dilation=2, groups=2, padding=((1, 1), (2, 2))),
+        normal(1, 6, 6, 2),
+        (1, 4, 6, 4),
+    ),
+    "conv3d": (nn.Conv(2, (2, 2, 2)), normal(1, 4, 4, 4, 1), (1, 4, 4, 4, 2)),
+    "conv_transpose": (nn.ConvTranspose(3, (2, 2), strides=2), normal(1, 3, 3, 2), (1, 6, 6, 3)),
+    "max_pool": (nn.max_pool((2, 2)), normal(2, 4, 4, 3), (2, 2, 2, 3)),
+    "avg_pool_same": (nn.avg_pool((3,), strides=1, padding="SAME"), normal(2, 5, 3), (2, 5, 3)),
+    "flatten": (nn.Flatten(), normal(2, 3, 4), (2, 12)),
+    "reshape": (nn.Reshape((2, -1)), normal(3, 8), (3, 2, 4)),
+    "dropout": (nn.Dropout(0.3), normal(4, 5), (4, 5)),
+    "layer_norm": (nn.LayerNorm(), normal(3, 6), (3, 6)),
+    "rms_norm": (nn.RMSNorm(), normal(3, 6), (3, 6)),
+    "attention": (nn.MultiHeadAttention(2), normal(2, 4, 6), (2, 4, 6)),
+    "attention_causal": (
+        nn.MultiHeadAttention(3, qkv_features=6, out_features=5, causal=True),
+        normal(1, 4, 6),
+        (1, 4, 5),
+    ),
+    "relu": (nn.relu, normal(3, 4), (3, 4)),
+    "sigmoid": (nn.sigmoid, normal(3, 4), (3, 4)),
+    "tanh": (nn.tanh, normal(3, 4), (3, 4)),
+    "gelu": (nn.gelu, normal(3, 4), (3, 4)),
+    "softplus": (nn.softplus, normal(3, 4), (3, 4)),
+    "softmax": (nn.softmax, normal(3, 4), (3, 4)),
+    "log_softmax": (nn.log_softmax, normal(3, 4), (3, 4)),
+    "serial": (nn.serial(nn.Dense(4), nn.tanh, nn.Dense(2)), normal(3, 5), (3, 2)),
+    "parallel_concat": (
+        nn.parallel(nn.Dense(2), nn.Dense(3), combine="concat"),
+        normal(3, 4),
+        (3, 5),
+    ),
+    "residual": (nn.residual(nn.LayerNorm(), nn.Dense(4)), normal(3, 4), (3, 4)),
+    "repeat": (nn.repeat(nn.serial(nn.Dense(4), nn.tanh), 3), normal(3, 4), (3, 4)),
+    "remat": (nn.remat(nn.serial(nn.Dense(4), nn.gelu)), normal(3, 4), (3, 4)),
+    "shared": (
+        nn.serial(nn.shared(nn.Dense(4), "tied"), nn.tanh, nn.shared(nn.Dense(4), "tied")),
+        normal(2, 4),
+        (2, 4),
+    ),
+}
+# Kinks (relu, max) make finite differences unreliable only on exact ties; random inputs avoid them.
+NAMES = sorted(CASES)
+
+
+def init64(layer, x):
+    params = layer.init(KEY, x)
+    return jax.tree.map(lambda p: p.astype(jnp.float64), params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape(name):
+    layer, x, shape = CASES[name]
+    assert layer.apply(init64(layer, x), x).shape == shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_is_deterministic_and_needs_no_data(name):
+    layer, x, _ = CASES[name]
+    a = layer.init(KEY, x)
+    b = layer.init(KEY, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(u, v)
+    c = layer.init(jax.random.key(1), x)
+    random_leaves = [
+        (u, v)
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+        if jnp.std(u) > 0
+    ]
+    assert all(not np.array_equal(u, v) for u, v in random_leaves)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_match_finite_differences(name):
+    layer, x, _ = CASES[name]
+    params = init64(layer, x)
+    weights = normal(*layer.apply(params, x).shape)
+    fg.testing.check_grads(lambda p, v: jnp.sum(weights * layer.apply(p, v)), (params, x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_equals_eager(name):
+    layer, x, _ = CASES[name]
+    params = init64(layer, x)
+    np.testing.assert_allclose(
+        jax.jit(layer.apply)(params, x), layer.apply(params, x), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_equals_a_loop(name):
+    layer, x, _ = CASES[name]
+    params = init64(layer, x)
+    stacked = jnp.stack([x, 2 * x, -x])
+    mapped = jax.vmap(lambda v: layer.apply(params, v))(stacked)
+    for i in range(3):
+        np.testing.assert_allclose(
+            mapped[i], layer.apply(params, stacked[i]), rtol=1e-12, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_input_gives_float32_output(name):
+    layer, x, _ = CASES[name]
+    x32 = x.astype(jnp.float32)
+    params = layer.init(KEY, x32)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    assert layer.apply(params, x32).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["dense", "conv2d_strided", "attention", "layer_norm", "scale"])
+def test_bfloat16_compute_with_float32_params(name):
+    layer, x, _ = CASES[name]
+    layer = type(layer)(**{**layer.__dict__, "dtype": jnp.bfloat16})
+    params = layer.init(KEY, x.astype(jnp.float32))
+    y = layer.apply(params, x.astype(jnp.float32))
+    assert y.dtype == jnp.bfloat16
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x.astype(jnp.float32)).astype(jnp.float32)))(
+        params
+    )
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
