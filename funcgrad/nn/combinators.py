@@ -20,8 +20,9 @@ def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
     keys: list[str] = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
+            hint = "; wrap a function with nn.elementwise(fn)" if callable(layer) else ""
             raise TypeError(
-                f"{where}: argument {i} is {type(layer).__name__}, not a funcgrad Layer"
+                f"{where}: argument {i} is {type(layer).__name__}, not a funcgrad Layer{hint}"
             )
         # A shared layer's parameters live at the top of the tree, not under this key.
         key = f"shared_{i}" if layer.kind == "shared" else layer.name or f"{layer.kind}_{i}"

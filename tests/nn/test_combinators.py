@@ -116,7 +116,10 @@ def test_residual_needs_matching_shapes():
 
 
 def test_non_layer_argument_is_refused():
-    with pytest.raises(TypeError, match="argument 1 is function"):
+    with pytest.raises(
+        TypeError,
+        match=r"argument 1 is .*not a funcgrad Layer; wrap a function with nn.elementwise",
+    ):
         nn.serial(nn.Dense(2), jnp.tanh)
 
 
