@@ -64,7 +64,7 @@ def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
 
 @primitive
 def sigmoid(x: Array) -> Array:
-    """The logistic function σ(x) = 1 / (1 + exp(−x)); backward dy·y·(1 − y).
+    """The logistic function σ(x) = 1 / (1 + exp(−x)); backward dy·σ(x)·σ(−x), computed stably.
 
     Example:
       >>> import funcgrad as fg
@@ -76,7 +76,12 @@ def sigmoid(x: Array) -> Array:
 
 @sigmoid.backward
 def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
-    return (output_grad * output * (1 - output),)
+    # Torch's y·(1 − y) up to x = 2, where it is within a few ulp (1 − y is exact for y ≥ ½ and
+    # y's rounding is amplified only by y/(1 − y) ≤ 7.4); beyond, 1 − y cancels (to 0 in float32
+    # from x ≈ 17), so use z·(1 − z) with z = σ(−x), which keeps every digit.
+    (x,) = inputs
+    z = lax.logistic(-x)
+    return (output_grad * jnp.where(x <= 2, output * (1 - output), z * (1 - z)),)
 
 
 @primitive
@@ -111,13 +116,29 @@ def _mask(x: Array, where: Array | None) -> Array:
     return jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
 
 
+def _lse_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array]:
+    """``(shift, rest)`` with logsumexp = shift + log1p(rest), both keepdims.
+
+    ``shift`` is the row maximum; ``rest`` sums exp(x − shift) over every entry
+    but one maximal one. log1p(rest) keeps the digits that log(1 + rest) loses
+    when one entry dominates: log_softmax of [30, 1, −2] is −2.7e−13, not 0.
+    """
+    # No stop_gradient on the shift: rest leaves the top entry out, so its derivative flows
+    # through the shift (backward rules differentiate this function for second order).
+    top = jnp.max(jnp.where(where, x, -jnp.inf), axis=axis, keepdims=True)
+    shift = _where_finite(top)
+    is_top = where & (x == top)
+    others = jnp.sum(jnp.where(where & ~is_top, jnp.exp(x - shift), 0), axis=axis, keepdims=True)
+    ties = jnp.sum(is_top, axis=axis, keepdims=True).astype(x.dtype)
+    rest = jnp.where(jnp.isfinite(top), others + jnp.maximum(ties - 1, 0), 0)
+    return jnp.where(jnp.isfinite(top), shift, top), rest
+
+
 @primitive(name="logsumexp")
 def _logsumexp(x: Array, where: Array, *, axis: Axis = None, keepdims: bool = False) -> Array:
     """log Σ exp(x) over axis, masked by where; all −inf rows give −inf, zero gradients."""
-    top = jnp.max(jnp.where(where, x, -jnp.inf), axis=axis, keepdims=True)
-    shift = lax.stop_gradient(_where_finite(top))
-    total = jnp.sum(jnp.where(where, jnp.exp(x - shift), 0), axis=axis, keepdims=True)
-    out = jnp.log(total) + shift
+    shift, rest = _lse_parts(x, where, axis)
+    out = shift + jnp.log1p(rest)
     return out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))
 
 
@@ -154,8 +175,7 @@ def logsumexp(
 @primitive(name="softmax")
 def _softmax(x: Array, where: Array, *, axis: Axis) -> Array:
     """Softmax over axis, masked by where; fully masked rows give 0."""
-    lse = _logsumexp(x, where, axis=axis, keepdims=True)
-    return jnp.where(where & jnp.isfinite(lse), jnp.exp(x - _where_finite(lse)), 0)
+    return jnp.where(where, jnp.exp(_log_softmax_values(x, where, axis)), 0)
 
 
 @_softmax.backward
@@ -179,11 +199,17 @@ def softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
     return _softmax(x, _mask(x, where), axis=_norm_axis(axis))
 
 
+def _log_softmax_values(x: Array, where: Array, axis: Axis) -> Array:
+    shift, rest = _lse_parts(x, where, axis)
+    finite = jnp.isfinite(shift)
+    out = (x - _where_finite(shift)) - jnp.log1p(rest)
+    return jnp.where(where & finite, out, jnp.where(shift == jnp.inf, jnp.nan, -jnp.inf))
+
+
 @primitive(name="log_softmax")
 def _log_softmax(x: Array, where: Array, *, axis: Axis) -> Array:
     """Log-softmax over axis, masked by where; fully masked rows give −inf."""
-    lse = _logsumexp(x, where, axis=axis, keepdims=True)
-    return jnp.where(where & jnp.isfinite(lse), x - _where_finite(lse), -jnp.inf)
+    return _log_softmax_values(x, where, axis)
 
 
 @_log_softmax.backward
@@ -295,27 +321,24 @@ def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[A
 @primitive(name="softmax_cross_entropy")
 def _softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     """Per-example softmax cross-entropy for integer labels or per-class targets."""
-    lse = _logsumexp(logits, jnp.ones(logits.shape, bool), axis=-1, keepdims=False)
+    log_probs = _log_softmax_values(logits, jnp.ones(logits.shape, bool), -1)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-        return lse - picked
+        return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
-    weighted = jnp.where(labels == 0, 0, labels * logits)
-    return lse * jnp.sum(labels, axis=-1) - jnp.sum(weighted, axis=-1)
+    return -jnp.sum(jnp.where(labels == 0, 0, labels * log_probs), axis=-1)
 
 
 @_softmax_cross_entropy.backward
 def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array | None]:
     logits, labels = inputs
-    lse = _logsumexp(logits, jnp.ones(logits.shape, bool), axis=-1, keepdims=True)
-    probs = jnp.exp(logits - _where_finite(lse))
+    log_probs = _log_softmax_values(logits, jnp.ones(logits.shape, bool), -1)
     g = output_grad[..., None]
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-        return (g * (probs - onehot), None)
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+        # p − 1 as expm1(log p): no cancellation when the labelled class dominates.
+        return (g * jnp.where(onehot, jnp.expm1(log_probs), jnp.exp(log_probs)), None)
     total = jnp.sum(labels, axis=-1, keepdims=True)
-    log_probs = jnp.where(jnp.isfinite(logits), logits - _where_finite(lse), -jnp.inf)
-    return (g * (probs * total - labels), -g * log_probs)
+    return (g * (jnp.exp(log_probs) * total - labels), -g * log_probs)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
@@ -361,7 +384,10 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
 @primitive(name="sigmoid_binary_cross_entropy")
 def _sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
     """Elementwise binary cross-entropy from logits."""
-    return jnp.logaddexp(logits, jnp.zeros_like(logits)) - logits * labels
+    # (1 − t)·max(x, 0) + t·max(−x, 0) + log1p(e^{−|x|}), with 0·inf as 0 at infinite logits.
+    pos = jnp.where(labels == 1, 0, (1 - labels) * jnp.maximum(logits, 0))
+    neg = jnp.where(labels == 0, 0, labels * jnp.maximum(-logits, 0))
+    return pos + neg + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 @_sigmoid_binary_cross_entropy.backward
