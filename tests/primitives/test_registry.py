@@ -29,7 +29,7 @@ X = jnp.float64(1.3)
 def test_grad_and_value_and_grad():
     assert float(jax.grad(cube)(X)) == pytest.approx(3 * 1.3**2)
     value, grad = jax.value_and_grad(cube)(X)
-    assert float(value) == pytest.approx(1.3**3)
+    assert (float(value), float(grad)) == pytest.approx((1.3**3, 3 * 1.3**2))
 
 
 @pytest.mark.parametrize(
