@@ -5,6 +5,7 @@ Each is registered through the public `primitive` decorator, exactly as a user's
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import jax
@@ -23,47 +24,60 @@ def _where_finite(x: Array, fill: float = 0.0) -> Array:
 
 
 # --- softplus family -------------------------------------------------------------------------
+# Each forward computes e = exp(−|x|) once and hands it to the backward rule as a residual: the
+# value and the gradient then cost one exp together, and neither ever overflows.
 
 
-@primitive
-def log1pexp(x: Array) -> Array:
-    """log(1 + exp(x)), the softplus, without overflow: max(x, 0) + log1p(exp(-|x|)).
+def _exp_neg_abs(x: Array) -> Array:
+    # where, not abs: abs has derivative 0 at 0, which would make second derivatives wrong there.
+    return jnp.exp(jnp.where(x >= 0, -x, x))
+
+
+def _sigmoid_from(x: Array, e: Array) -> tuple[Array, Array]:
+    """(σ(x), σ(−x)) from e = exp(−|x|), each to full relative precision."""
+    r = 1 / (1 + e)
+    return jnp.where(x >= 0, r, e * r), jnp.where(x >= 0, e * r, r)
+
+
+@primitive(has_residuals=True)
+def log1pexp(x: Array) -> tuple[Array, Array]:
+    """log(1 + exp(x)), the softplus, without overflow: max(x, 0) + log1p(exp(−|x|)).
 
     Example:
       >>> import funcgrad as fg
       >>> round(float(fg.log1pexp(4.5)), 12)
       4.511047744849
     """
-    return jnp.logaddexp(x, jnp.zeros_like(x))
+    e = _exp_neg_abs(x)
+    return jnp.maximum(x, 0) + jnp.log1p(e), e
 
 
 @log1pexp.backward
-def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+def _(inputs: tuple[Array], output: Array, output_grad: Array, residuals: Array) -> tuple[Array]:
     # dy·σ(x), not the textbook dy·(1 − 1/(1 + eˣ)), which cancels to 0 below x ≈ −16.6.
-    (x,) = inputs
-    return (output_grad * jax.nn.sigmoid(x),)
+    return (output_grad * _sigmoid_from(inputs[0], residuals)[0],)
 
 
-@primitive
-def log_sigmoid(x: Array) -> Array:
-    """log σ(x) = −log(1 + exp(−x)), finite for every finite x.
+@primitive(has_residuals=True)
+def log_sigmoid(x: Array) -> tuple[Array, Array]:
+    """log σ(x) = min(x, 0) − log1p(exp(−|x|)), finite for every finite x.
 
     Example:
       >>> import funcgrad as fg
       >>> float(fg.log_sigmoid(-100.0))
       -100.0
     """
-    return -jnp.logaddexp(-x, jnp.zeros_like(x))
+    e = _exp_neg_abs(x)
+    return jnp.minimum(x, 0) - jnp.log1p(e), e
 
 
 @log_sigmoid.backward
-def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
-    (x,) = inputs
-    return (output_grad * jax.nn.sigmoid(-x),)
+def _(inputs: tuple[Array], output: Array, output_grad: Array, residuals: Array) -> tuple[Array]:
+    return (output_grad * _sigmoid_from(inputs[0], residuals)[1],)
 
 
-@primitive
-def sigmoid(x: Array) -> Array:
+@primitive(has_residuals=True)
+def sigmoid(x: Array) -> tuple[Array, Array]:
     """The logistic function σ(x) = 1 / (1 + exp(−x)); backward dy·σ(x)·σ(−x), computed stably.
 
     Example:
@@ -71,21 +85,21 @@ def sigmoid(x: Array) -> Array:
       >>> float(fg.sigmoid(0.0))
       0.5
     """
-    return lax.logistic(x)
+    y, z = _sigmoid_from(x, _exp_neg_abs(x))
+    return y, z
 
 
 @sigmoid.backward
-def _(inputs: tuple[Array], output: Array, output_grad: Array) -> tuple[Array]:
+def _(inputs: tuple[Array], output: Array, output_grad: Array, residuals: Array) -> tuple[Array]:
     # Torch's y·(1 − y) up to x = 2, where it is within a few ulp (1 − y is exact for y ≥ ½ and
     # y's rounding is amplified only by y/(1 − y) ≤ 7.4); beyond, 1 − y cancels (to 0 in float32
     # from x ≈ 17), so use z·(1 − z) with z = σ(−x), which keeps every digit.
-    (x,) = inputs
-    z = lax.logistic(-x)
-    return (output_grad * jnp.where(x <= 2, output * (1 - output), z * (1 - z)),)
+    (x,), y, z = inputs, output, residuals
+    return (output_grad * jnp.where(x <= 2, y * (1 - y), z * (1 - z)),)
 
 
-@primitive
-def logaddexp(a: Array, b: Array) -> Array:
+@primitive(has_residuals=True)
+def logaddexp(a: Array, b: Array) -> tuple[Array, Array]:
     """log(exp(a) + exp(b)) without overflow; both −inf gives −inf with zero gradients.
 
     ``a`` and ``b`` must have the same shape (broadcast them first).
@@ -96,63 +110,101 @@ def logaddexp(a: Array, b: Array) -> Array:
       True
     """
     _same_shape("logaddexp", a, b)
-    return jnp.logaddexp(a, b)
+    d = a - b  # NaN when both are the same infinity
+    e = _exp_neg_abs(d)
+    return jnp.where(jnp.isnan(d), a + b, jnp.maximum(a, b) + jnp.log1p(e)), e
 
 
 @logaddexp.backward
-def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array]:
+def _(
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, residuals: Array
+) -> tuple[Array, Array]:
     a, b = inputs
-    # σ(a − b) and σ(b − a) are the weights; a − b is NaN when both are the same infinity.
+    d = a - b
+    wa, wb = _sigmoid_from(d, residuals)  # σ(a − b), σ(b − a)
+    tie = jnp.where(a > 0, 0.5, 0.0).astype(a.dtype)  # both +inf: ½ each; both −inf: 0
     both_inf = jnp.isinf(a) & (a == b)
-    wa = jnp.where(both_inf, jnp.where(a > 0, 0.5, 0.0), jax.nn.sigmoid(a - b))
-    wb = jnp.where(both_inf, jnp.where(a > 0, 0.5, 0.0), jax.nn.sigmoid(b - a))
-    return (output_grad * wa.astype(a.dtype), output_grad * wb.astype(b.dtype))
+    return (output_grad * jnp.where(both_inf, tie, wa), output_grad * jnp.where(both_inf, tie, wb))
 
 
 # --- reductions over an axis -----------------------------------------------------------------
 
 
 def _mask(x: Array, where: Array | None) -> Array:
-    return jnp.ones(x.shape, bool) if where is None else jnp.broadcast_to(where, x.shape)
+    # A scalar True broadcasts inside the primitive, so no all-True array is ever materialised.
+    if where is None:
+        return jnp.asarray(True)
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise DTypeError(f"where must be a boolean mask; got dtype {where.dtype}")
+    try:
+        jnp.broadcast_shapes(where.shape, x.shape)
+    except ValueError:
+        raise ShapeError(
+            f"where of shape {where.shape} does not broadcast to the input's {x.shape}"
+        ) from None
+    return where
 
 
-def _lse_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array]:
-    """``(shift, rest)`` with logsumexp = shift + log1p(rest), both keepdims.
+def _lse_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array, Array]:
+    """``(shift, e, rest)``: logsumexp = shift + log1p(rest) and softmax = e / (1 + rest).
 
-    ``shift`` is the row maximum; ``rest`` sums exp(x − shift) over every entry
-    but one maximal one. log1p(rest) keeps the digits that log(1 + rest) loses
-    when one entry dominates: log_softmax of [30, 1, −2] is −2.7e−13, not 0.
+    ``shift`` is the row maximum (keepdims), ``e`` = exp(x − shift) (0 where masked) and
+    ``rest`` sums e over every entry but one maximal one. log1p(rest) keeps the digits that
+    log(1 + rest) loses when one entry dominates: log_softmax of [30, 1, −2] is −2.7e−13, not 0.
     """
     # No stop_gradient on the shift: rest leaves the top entry out, so its derivative flows
-    # through the shift (backward rules differentiate this function for second order).
+    # through the shift (second derivatives differentiate this function).
     top = jnp.max(jnp.where(where, x, -jnp.inf), axis=axis, keepdims=True)
+    finite = jnp.isfinite(top)
     shift = _where_finite(top)
-    is_top = where & (x == top)
-    others = jnp.sum(jnp.where(where & ~is_top, jnp.exp(x - shift), 0), axis=axis, keepdims=True)
-    ties = jnp.sum(is_top, axis=axis, keepdims=True).astype(x.dtype)
-    rest = jnp.where(jnp.isfinite(top), others + jnp.maximum(ties - 1, 0), 0)
-    return jnp.where(jnp.isfinite(top), shift, top), rest
+    e = jnp.where(where, jnp.exp(x - shift), 0)
+    # e ≤ 1 with equality exactly at the maxima, so e − floor(e) is the mass off the maxima and
+    # floor(e) counts them. A compare-and-select inside the reduction is 10× slower on XLA:CPU.
+    # Whatever floor decides, rest = Σ(e − floor e) + (Σ floor e − 1) = Σe − 1 exactly in
+    # algebra: when XLA recomputes x in two fusions and the top's e is 1 − δ, only the extra
+    # digits are lost, never the value.
+    wide = e.astype(jnp.promote_types(e.dtype, jnp.float32))
+    off_top = wide - jnp.floor(wide)
+    if math.prod(x.shape[a] for a in _axes(axis, x.ndim)) <= 32:
+        # Short rows: one complex sum carries both accumulators in a single pass.
+        total = jnp.sum(lax.complex(off_top, wide - off_top), axis=axis, keepdims=True)
+        others, count = total.real, total.imag
+    else:
+        # Long rows: two vectorised float sums; the count is their (integer) difference.
+        others = jnp.sum(off_top, axis=axis, keepdims=True)
+        count = jnp.round(jnp.sum(wide, axis=axis, keepdims=True) - others)
+    rest = (others + (count - 1)).astype(x.dtype)
+    rest = jnp.where(finite, rest, 0)
+    return jnp.where(finite, shift, top), e, rest
 
 
-@primitive(name="logsumexp")
-def _logsumexp(x: Array, where: Array, *, axis: Axis = None, keepdims: bool = False) -> Array:
+@primitive(name="logsumexp", has_residuals=True)
+def _logsumexp(
+    x: Array, where: Array, *, axis: Axis = None, keepdims: bool = False
+) -> tuple[Array, tuple[Array, Array]]:
     """log Σ exp(x) over axis, masked by where; all −inf rows give −inf, zero gradients."""
-    shift, rest = _lse_parts(x, where, axis)
+    shift, e, rest = _lse_parts(x, where, axis)
     out = shift + jnp.log1p(rest)
-    return out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))
+    return (out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))), (e, rest)
 
 
 @_logsumexp.backward
 def _(
-    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis, keepdims: bool
+    inputs: tuple[Array, Array],
+    output: Array,
+    output_grad: Array,
+    *,
+    axis: Axis,
+    keepdims: bool,
+    residuals: tuple[Array, Array],
 ) -> tuple[Array, None]:
-    x, where = inputs
+    x, _ = inputs
+    e, rest = residuals
     if not keepdims:
-        output = jnp.expand_dims(output, _axes(axis, x.ndim))
         output_grad = jnp.expand_dims(output_grad, _axes(axis, x.ndim))
-    # exp(x − out) is the softmax; a row of all −inf (or all masked) has out = −inf: weight 0.
-    weight = jnp.where(where & jnp.isfinite(output), jnp.exp(x - _where_finite(output)), 0)
-    return (output_grad * weight, None)
+    # e / (1 + rest) is the softmax; a row of all −inf (or all masked) has e = 0: zero gradient.
+    return (e * (output_grad / (1 + rest)), None)
 
 
 def logsumexp(
@@ -175,7 +227,8 @@ def logsumexp(
 @primitive(name="softmax")
 def _softmax(x: Array, where: Array, *, axis: Axis) -> Array:
     """Softmax over axis, masked by where; fully masked rows give 0."""
-    return jnp.where(where, jnp.exp(_log_softmax_values(x, where, axis)), 0)
+    _, e, rest = _lse_parts(x, where, axis)
+    return e / (1 + rest)
 
 
 @_softmax.backward
@@ -199,27 +252,27 @@ def softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
     return _softmax(x, _mask(x, where), axis=_norm_axis(axis))
 
 
-def _log_softmax_values(x: Array, where: Array, axis: Axis) -> Array:
-    shift, rest = _lse_parts(x, where, axis)
-    finite = jnp.isfinite(shift)
-    out = (x - _where_finite(shift)) - jnp.log1p(rest)
-    return jnp.where(where & finite, out, jnp.where(shift == jnp.inf, jnp.nan, -jnp.inf))
+def _log_softmax_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array]:
+    """(log-probabilities, probabilities); −inf and 0 where masked or the row is all −inf."""
+    shift, e, rest = _lse_parts(x, where, axis)
+    live = where & jnp.isfinite(shift)
+    log_probs = (x - _where_finite(shift)) - jnp.log1p(rest)
+    return jnp.where(live, log_probs, -jnp.inf), e / (1 + rest)
 
 
-@primitive(name="log_softmax")
-def _log_softmax(x: Array, where: Array, *, axis: Axis) -> Array:
+@primitive(name="log_softmax", has_residuals=True)
+def _log_softmax(x: Array, where: Array, *, axis: Axis) -> tuple[Array, Array]:
     """Log-softmax over axis, masked by where; fully masked rows give −inf."""
-    return _log_softmax_values(x, where, axis)
+    return _log_softmax_parts(x, where, axis)
 
 
 @_log_softmax.backward
 def _(
-    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, *, axis: Axis, residuals: Array
 ) -> tuple[Array, None]:
     _, where = inputs
     g = jnp.where(where, output_grad, 0)
-    probs = jnp.where(where, jnp.exp(output), 0)
-    return (g - probs * jnp.sum(g, axis=axis, keepdims=True), None)
+    return (g - residuals * jnp.sum(g, axis=axis, keepdims=True), None)
 
 
 def log_softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
@@ -318,27 +371,41 @@ def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[A
 # --- losses as primitives --------------------------------------------------------------------
 
 
-@primitive(name="softmax_cross_entropy")
-def _softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+@primitive(name="softmax_cross_entropy", has_residuals=True)
+def _softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, tuple[Array, Array]]:
     """Per-example softmax cross-entropy for integer labels or per-class targets."""
-    log_probs = _log_softmax_values(logits, jnp.ones(logits.shape, bool), -1)
+    shift, _, rest = _lse_parts(logits, jnp.asarray(True), -1)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-    # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
-    return -jnp.sum(jnp.where(labels == 0, 0, labels * log_probs), axis=-1)
+        picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)
+        loss = jnp.log1p(rest) - (picked - shift)
+    else:
+        # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
+        nll = jnp.log1p(rest) - (logits - shift)
+        loss = jnp.sum(jnp.where(labels == 0, 0, labels * nll), axis=-1, keepdims=True)
+    return loss[..., 0], (shift, rest)
 
 
 @_softmax_cross_entropy.backward
-def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array | None]:
+def _(
+    inputs: tuple[Array, Array],
+    output: Array,
+    output_grad: Array,
+    residuals: tuple[Array, Array],
+) -> tuple[Array, Array | None]:
     logits, labels = inputs
-    log_probs = _log_softmax_values(logits, jnp.ones(logits.shape, bool), -1)
+    shift, rest = residuals
     g = output_grad[..., None]
+    # The probabilities are recomputed, not stored: XLA fuses them into the gradient's pass.
+    probs = jnp.exp(logits - shift) / (1 + rest)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
-        # p − 1 as expm1(log p): no cancellation when the labelled class dominates.
-        return (g * jnp.where(onehot, jnp.expm1(log_probs), jnp.exp(log_probs)), None)
+        classes = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
+        # p − 1 for the labelled class as expm1(log p) = expm1(−loss): no cancellation when
+        # that class dominates.
+        labelled = jnp.expm1(-output)[..., None]
+        return (g * jnp.where(classes == labels[..., None], labelled, probs), None)
     total = jnp.sum(labels, axis=-1, keepdims=True)
-    return (g * (jnp.exp(log_probs) * total - labels), -g * log_probs)
+    log_probs = jnp.where(jnp.isfinite(logits), logits - shift - jnp.log1p(rest), -jnp.inf)
+    return (g * (probs * total - labels), -g * log_probs)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
@@ -381,19 +448,23 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     return _softmax_cross_entropy(logits, labels)
 
 
-@primitive(name="sigmoid_binary_cross_entropy")
-def _sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
+@primitive(name="sigmoid_binary_cross_entropy", has_residuals=True)
+def _sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     """Elementwise binary cross-entropy from logits."""
     # (1 − t)·max(x, 0) + t·max(−x, 0) + log1p(e^{−|x|}), with 0·inf as 0 at infinite logits.
+    e = _exp_neg_abs(logits)
     pos = jnp.where(labels == 1, 0, (1 - labels) * jnp.maximum(logits, 0))
     neg = jnp.where(labels == 0, 0, labels * jnp.maximum(-logits, 0))
-    return pos + neg + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    return pos + neg + jnp.log1p(e), e
 
 
 @_sigmoid_binary_cross_entropy.backward
-def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[Array, Array]:
+def _(
+    inputs: tuple[Array, Array], output: Array, output_grad: Array, residuals: Array
+) -> tuple[Array, Array]:
     logits, labels = inputs
-    return (output_grad * (jax.nn.sigmoid(logits) - labels), -output_grad * logits)
+    probs = _sigmoid_from(logits, residuals)[0]
+    return (output_grad * (probs - labels), -output_grad * logits)
 
 
 def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
@@ -401,7 +472,7 @@ def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
 
     Example:
       >>> import funcgrad as fg
-      >>> float(fg.sigmoid_binary_cross_entropy(100.0, 1.0))
+      >>> float(fg.sigmoid_binary_cross_entropy(1000.0, 1.0))
       0.0
     """
     logits = jnp.asarray(logits)
