@@ -1,0 +1,100 @@
+"""The record of a training run: one row per logging or evaluation point, saved as CSV or JSON, plotted as PNG.
+
+Rows are plain dicts of floats keyed by metric name, with the step under ``"step"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+
+class History:
+    """Metrics over a run: ``history.rows`` (dicts), ``history["loss"]`` (one metric's values).
+
+    Example:
+      >>> from funcgrad.train import History
+      >>> h = History()
+      >>> h.append(10, loss=0.5)
+      >>> h.append(20, loss=0.25, accuracy=0.9)
+      >>> h["loss"], h.steps("accuracy")
+      ([0.5, 0.25], [20])
+    """
+
+    def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
+        self.rows: list[dict[str, float]] = list(rows or [])
+
+    def append(self, step: int, **metrics: float) -> None:
+        """Add a row for ``step``; values are converted to Python floats."""
+        self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+
+    def __getitem__(self, name: str) -> list[float]:
+        return [row[name] for row in self.rows if name in row]
+
+    def steps(self, name: str) -> list[int]:
+        """The steps at which ``name`` was recorded."""
+        return [int(row["step"]) for row in self.rows if name in row]
+
+    def names(self) -> list[str]:
+        """Every metric name recorded, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            seen.update(dict.fromkeys(k for k in row if k != "step"))
+        return list(seen)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"History({len(self.rows)} rows: {', '.join(self.names())})"
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The rows as JSON (non-finite values as null); written to ``path`` if given."""
+        clean = [
+            {k: (v if math.isfinite(v) else None) for k, v in row.items()} for row in self.rows
+        ]
+        text = json.dumps(clean, indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> History:
+        """Rows written by `to_json`."""
+        rows = json.loads(text)
+        return cls([{k: (math.nan if v is None else v) for k, v in row.items()} for row in rows])
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        """One column per metric, one row per record; empty cells where a metric was not recorded."""
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", *self.names()])
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write loss and metric curves against the step as a PNG (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError(
+                "History.plot needs matplotlib: pip install 'funcgrad[examples]' (or matplotlib)"
+            ) from None
+        names = self.names()
+        fig, axes = plt.subplots(
+            len(names), 1, figsize=(6, 2.2 * max(len(names), 1)), squeeze=False
+        )
+        for ax, name in zip(axes[:, 0], names, strict=True):
+            ax.plot(self.steps(name), self[name], marker="." if len(self[name]) < 50 else None)
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return Path(path)

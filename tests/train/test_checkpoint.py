@@ -1,0 +1,139 @@
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcgrad as fg
+from funcgrad.train import CheckpointError
+
+
+def tree():
+    params = {"dense_0": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)}}
+    return {"params": params, "opt_state": optax.adam(1e-3).init(params), "key": jax.random.key(3)}
+
+
+def test_round_trip_is_exact_including_prng_keys(tmp_path):
+    original = tree()
+    fg.train.save(tmp_path, 5, original)
+    step, loaded = fg.train.restore(tmp_path, tree())
+    assert step == 5
+    for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(loaded), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keeps_the_newest_n(tmp_path):
+    for step in range(1, 6):
+        fg.train.save(tmp_path, step, tree(), keep=2)
+    assert fg.train.steps(tmp_path) == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt_000000004.json", "ckpt_000000004.npz", "ckpt_000000005.json", "ckpt_000000005.npz",
+    ]  # fmt: skip
+
+
+def test_truncated_or_bit_flipped_file_is_refused(tmp_path):
+    path = fg.train.save(tmp_path, 1, tree())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        fg.train.restore(tmp_path, tree())
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        fg.train.restore(tmp_path, tree())
+
+
+def test_checkpoint_of_another_model_names_the_first_difference(tmp_path):
+    fg.train.save(tmp_path, 1, tree())
+    other = tree()
+    other["params"]["dense_0"]["w"] = jnp.zeros((4, 3))
+    with pytest.raises(
+        CheckpointError,
+        match=r"\['params'\]\['dense_0'\]\['w'\].*float\d+\[2, 3\].*float\d+\[4, 3\]",
+    ):
+        fg.train.restore(tmp_path, other)
+    renamed = tree()
+    renamed["params"] = {"dense_1": renamed["params"]["dense_0"]}
+    with pytest.raises(CheckpointError, match=r"no leaf \['params'\]\['dense_1'\]"):
+        fg.train.restore(tmp_path, renamed)
+
+
+def test_a_pickle_payload_is_never_loaded(tmp_path):
+    path = fg.train.save(tmp_path, 1, {"w": jnp.ones(2)})
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    evil = np.array([Boom()], dtype=object)  # np.savez stores object arrays as a pickle
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"['w']": evil})
+    path.write_bytes(buffer.getvalue())
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    manifest["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="other than plain arrays"):
+        fg.train.restore(tmp_path, {"w": jnp.ones(2)})
+
+
+def test_directory_that_cannot_be_made_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CheckpointError, match="cannot create checkpoint directory"):
+        fg.train.save(blocker / "ckpt", 1, tree())
+
+
+def test_full_disk_fails_loudly_and_keeps_older_checkpoints(tmp_path, monkeypatch):
+    fg.train.save(tmp_path, 1, {"w": jnp.ones(2)}, keep=1)
+
+    def no_space(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: type("F", (), {
+        "__enter__": lambda self: self, "__exit__": lambda self, *a: os.close(fd),
+        "write": lambda self, data: no_space(fd, data), "flush": lambda self: None,
+        "fileno": lambda self: fd,
+    })())  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match="No space left on device.*earlier checkpoints are intact"
+    ):
+        fg.train.save(tmp_path, 2, {"w": jnp.zeros(2)}, keep=1)
+    monkeypatch.undo()
+    assert fg.train.steps(tmp_path) == [1]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert fg.train.restore(tmp_path, {"w": jnp.zeros(2)})[1]["w"].tolist() == [1.0, 1.0]
+
+
+SAVE_AND_DIE = """
+import sys, os, jax.numpy as jnp, funcgrad as fg
+from funcgrad.train import checkpoint
+real = checkpoint._write_atomic
+def dying(path, data):
+    if path.suffix == ".npz":
+        # write half of the new file to its temporary name, then die as a killed process would
+        fd = os.open(path.parent / ".partial.tmp", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, data[: len(data) // 2])
+        os._exit(9)
+    real(path, data)
+checkpoint._write_atomic = dying
+fg.train.save(sys.argv[1], 2, {"w": jnp.full(3, 2.0)})
+"""
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    fg.train.save(tmp_path, 1, {"w": jnp.full(3, 1.0)})
+    proc = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(tmp_path)], timeout=120)
+    assert proc.returncode == 9
+    assert fg.train.steps(tmp_path) == [1]
+    step, loaded = fg.train.restore(tmp_path, {"w": jnp.zeros(3)})
+    assert step == 1 and loaded["w"].tolist() == [1.0, 1.0, 1.0]

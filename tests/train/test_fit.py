@@ -1,0 +1,120 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcgrad as fg
+from funcgrad import errors, losses, nn
+
+MODEL = nn.serial(nn.Dense(16), nn.Dropout(0.1), nn.relu, nn.Dense(3))
+
+
+def data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)
+    return x, y.astype(np.int32)
+
+
+def loss_fn(params, batch, key):
+    x, y = batch
+    return losses.softmax_cross_entropy(MODEL.apply(params, x, key=key), y)
+
+
+def accuracy(params, batch):
+    x, y = batch
+    return jnp.mean(jnp.argmax(MODEL.apply(params, x), -1) == y)
+
+
+def init():
+    return MODEL.init(jax.random.key(0), jnp.zeros((1, 4), jnp.float32))
+
+
+def run(**kwargs):
+    options = {"key": jax.random.key(1), "batch_size": 16, "progress": False}
+    return fg.train.fit(loss_fn, optax.adam(1e-2), init(), data(), **{**options, **kwargs})
+
+
+def test_fit_trains_evaluates_and_records_history():
+    result = run(epochs=10, eval_data=data(48, seed=1), metrics={"accuracy": accuracy}, log_every=6)
+    assert result.step == 60 and result.stopped is None
+    assert result.history.steps("loss") == list(range(6, 61, 6))
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert result.history.steps("accuracy") == [60]
+    assert result.history["accuracy"][-1] > 0.8
+
+
+def test_resuming_from_a_checkpoint_is_bitwise_identical(tmp_path):
+    straight = run(steps=40)
+    first = run(steps=20, checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert first.step == 20 and fg.train.steps(tmp_path) == [10, 20]
+    resumed = run(steps=40, checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert resumed.step == 40
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.history.steps("loss")[0] < 20  # the history before the interruption came back
+
+
+def test_fused_steps_give_the_same_result():
+    single = run(steps=24, log_every=8)
+    fused = run(steps=24, fused=8)
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(fused.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(single.history["loss"], fused.history["loss"], rtol=1e-5)
+
+
+def test_nan_guard_stops_naming_the_step_and_keeps_finite_params():
+    def exploding(w, batch):
+        return jnp.mean(jnp.sqrt(3.0 - w) + 0 * batch)  # NaN once w passes 3
+
+    result = fg.train.fit(
+        exploding, optax.sgd(1.0), jnp.zeros(()), np.zeros(8, np.float32),
+        key=jax.random.key(0), batch_size=4, steps=100, progress=False,
+    )  # fmt: skip
+    assert result.stopped is not None and "non-finite" in result.stopped
+    assert f"step {result.step}" in result.stopped
+    assert bool(
+        jnp.isfinite(result.params)
+    )  # the last finite ones (the step that made w > 3 was finite)
+    assert all(np.isfinite(result.history["loss"]))
+    assert result.step < 100
+
+
+def test_early_stopping_on_a_metric_that_stops_improving():
+    result = run(steps=200, eval_data=data(32), eval_every=4, early_stopping=fg.train.EarlyStopping(
+        monitor="eval_loss", patience=2, min_delta=10.0))  # fmt: skip
+    assert result.stopped is not None and "early stopping" in result.stopped
+    assert result.step == 12
+
+
+def test_history_exports(tmp_path):
+    result = run(steps=8, log_every=4)
+    result.history.to_csv(tmp_path / "h.csv")
+    assert (tmp_path / "h.csv").read_text().splitlines()[0] == "step,loss"
+    again = fg.train.History.from_json(result.history.to_json())
+    assert again.rows == result.history.rows
+    pytest.importorskip("matplotlib")
+    assert result.history.plot(tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_bad_arguments():
+    with pytest.raises(errors.ConfigError, match="exactly one of steps= and epochs="):
+        run(steps=4, epochs=1)
+    with pytest.raises(errors.ConfigError, match=r"batch_size must be in \[1, 96\]"):
+        run(steps=4, batch_size=200)
+    with pytest.raises(errors.ConfigError, match="monitors 'accuracy'"):
+        run(steps=4, eval_data=data(16), early_stopping=fg.train.EarlyStopping(monitor="accuracy"))
+
+
+def test_batch_norm_state_in_fit():
+    model = nn.serial(nn.Dense(8), nn.BatchNorm(), nn.Dense(3))
+    params, state = model.init_with_state(jax.random.key(0), jnp.zeros((1, 4)))
+
+    def bn_loss(p, s, batch):
+        y, s = model.apply(p, batch[0], state=s, train=True)
+        return losses.softmax_cross_entropy(y, batch[1]), s
+
+    result = fg.train.fit(bn_loss, optax.adam(1e-2), params, data(), model_state=state,
+                          key=jax.random.key(0), batch_size=16, steps=12, progress=False)  # fmt: skip
+    assert not np.allclose(result.model_state["batch_norm_1"]["mean"], 0)
