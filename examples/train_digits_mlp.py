@@ -11,7 +11,6 @@ import numpy as np
 import optax
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from tqdm import tqdm
 
 import funcgrad as fg
 from funcgrad import losses, nn
@@ -20,35 +19,34 @@ from funcgrad import losses, nn
 digits = load_digits()
 x = (digits.data / 16.0).astype(np.float32)
 y = digits.target.astype(np.int32)
-x_train, x_test, y_train, y_test = train_test_split(
-    x, y, test_size=0.25, random_state=0, stratify=y
-)
+x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
 
-model = nn.serial(nn.Dense(128), nn.relu, nn.Dense(128), nn.relu, nn.Dense(10))
-key = jax.random.key(0)
-params = model.init(key, x_train[:1])
+model = nn.serial(nn.Dense(128), nn.relu, nn.Dropout(0.1), nn.Dense(128), nn.relu, nn.Dense(10))
+params = model.init(jax.random.key(0), x_train[:1])
 
 
-def loss_fn(params, batch):
+def loss_fn(params, batch, key):
     images, labels = batch
-    return losses.softmax_cross_entropy(model.apply(params, images), labels)
+    return losses.softmax_cross_entropy(model.apply(params, images, key=key), labels)
 
 
-optimizer = optax.adam(1e-3)
-opt_state = optimizer.init(params)
-step = fg.train.make_step(loss_fn, optimizer)
+def accuracy(params, batch):
+    images, labels = batch
+    return jnp.mean(jnp.argmax(model.apply(params, images), axis=-1) == labels)
 
-epochs, batch_size = 40, 32
+
 start = time.perf_counter()
-with tqdm(total=epochs * (len(x_train) // batch_size), desc="training", unit="step") as bar:
-    for epoch in range(epochs):
-        epoch_key = jax.random.fold_in(key, epoch)
-        for batch in fg.train.batches(epoch_key, (x_train, y_train), batch_size):
-            params, opt_state, metrics = step(params, opt_state, batch)
-            bar.update()
-        bar.set_postfix(epoch=epoch + 1, loss=f"{float(metrics['loss']):.4f}")
-
-predictions = jnp.argmax(jax.jit(model.apply)(params, x_test), axis=-1)
-accuracy = float(jnp.mean(predictions == y_test))
+result = fg.train.fit(
+    loss_fn,
+    optax.adam(1e-3),
+    params,
+    (x_train, y_train),
+    key=jax.random.key(1),
+    batch_size=32,
+    epochs=40,
+    eval_data=(x_test, y_test),
+    metrics={"accuracy": accuracy},
+    eval_every=420,
+)
 print(f"trained in {time.perf_counter() - start:.1f} s")
-print(f"test accuracy: {accuracy:.4f}")
+print(f"test accuracy: {result.history['accuracy'][-1]:.4f}")

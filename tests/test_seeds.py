@@ -66,7 +66,7 @@ def test_seed3_multivariate_chain_rule_both_modes():
 
 
 def test_seed4_softmax_regression_gradients_are_y_minus_t():
-    import seed4_softmax_regression as seed
+    import softmax_regression as seed
 
     x, t = seed.make_batch(jax.random.key(3), n=16)
     params = {"w": jax.random.normal(jax.random.key(4), (2, 3)), "b": jnp.arange(3.0)}
@@ -77,7 +77,7 @@ def test_seed4_softmax_regression_gradients_are_y_minus_t():
 
 
 def test_seed4_gradient_descent_lowers_the_loss_every_step():
-    import seed4_softmax_regression as seed
+    import softmax_regression as seed
 
     _, history = seed.train(steps=20)
     assert all(b < a for a, b in itertools.pairwise(history))

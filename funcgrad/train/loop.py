@@ -72,35 +72,56 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _guarded(update: Callable[..., Any]) -> Callable[..., Any]:
-    """One step that refuses non-finite results: once a loss or parameter is not finite, the
-    state stops changing and ``halted`` stays set, so the last finite parameters are kept
-    without copying them every step."""
+def _make_step(update: Callable[..., Any], nan_guard: bool, takes_key: bool) -> Callable[..., Any]:
+    """One step over the carried state ``(params, model_state, opt_state, halted, counter,
+    sums, first_bad)``. Metrics are summed on the device and read only at logging points.
 
-    def step(
-        params: Any, model_state: Any, opt_state: Any, halted: Any, batch: Any, key: Any
-    ) -> Any:
-        new = update(params, model_state, opt_state, batch, key)
-        ok = jnp.isfinite(new[3]["loss"]) & _all_finite(new[0])
-        take = ok & ~halted
-        kept = jax.tree.map(
-            lambda n, o: jnp.where(take, n, o), new[:3], (params, model_state, opt_state)
-        )
-        return (*kept, halted | ~ok, {**new[3], "finite": ok})
+    With ``nan_guard``, a step whose loss or new parameters are not finite changes nothing
+    and sets ``halted``; later steps change nothing either, so the last finite parameters
+    are kept without copying them every step, and ``first_bad`` records the step.
+    """
+
+    def step(carry: tuple[Any, ...], batch: Any, base_key: Any) -> tuple[Any, ...]:
+        params, model_state, opt_state, halted, counter, sums, first_bad = carry
+        key = jax.random.fold_in(base_key, counter) if takes_key else None
+        new_params, new_state, new_opt, metrics = update(params, model_state, opt_state, batch, key)
+        if nan_guard:
+            ok = jnp.isfinite(metrics["loss"]) & _all_finite(new_params)
+            take = ok & ~halted
+            # One conditional for the whole state: per-leaf selects cost a kernel each on CPU.
+            new_params, new_state, new_opt = jax.lax.cond(
+                take,
+                lambda: (new_params, new_state, new_opt),
+                lambda: (params, model_state, opt_state),
+            )
+            first_bad = jnp.where(~ok & ~halted, counter, first_bad)
+            halted = halted | ~ok
+        else:
+            take = jnp.asarray(True)
+        values = {**metrics, "steps": jnp.ones((), jnp.float32)}
+        sums = {k: sums[k] + jnp.where(take, v, 0).astype(sums[k].dtype) for k, v in values.items()}
+        return (new_params, new_state, new_opt, halted, counter + 1, sums, first_bad)
 
     return step
 
 
-def _batch_indices(
-    data_key: jax.Array, n: int, batch_size: int, start: int
-) -> Iterator[np.ndarray]:
-    """Index arrays of every batch from global step ``start`` on; epoch e is ordered by fold_in(key, e)."""
+def _epoch_batches(
+    data_key: jax.Array, data: Any, n: int, batch_size: int, start: int
+) -> Iterator[Any]:
+    """Batches from global step ``start`` on; epoch e is ordered by fold_in(key, e).
+
+    Each epoch gathers the data in its order once; a step then takes a contiguous slice (a
+    view, for NumPy data) instead of gathering its examples.
+    """
+    leaves, treedef = jax.tree.flatten(data)
     per_epoch = n // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:
         order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), n))
+        shuffled = [leaf[order] for leaf in leaves]
         for b in range(offset, per_epoch):
-            yield order[b * batch_size : (b + 1) * batch_size]
+            lo, hi = b * batch_size, (b + 1) * batch_size
+            yield jax.tree.unflatten(treedef, [leaf[lo:hi] for leaf in shuffled])
         epoch, offset = epoch + 1, 0
 
 
@@ -233,64 +254,68 @@ def fit(
             history = History.from_json(history_file.read_text())
 
     update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
-    one = _guarded(update) if nan_guard else _unguarded(update)
+    one = _make_step(update, nan_guard, takes_key)
 
-    def block(
-        params: Any, model_state: Any, opt_state: Any, halted: Any, batches: Any, keys: Any
-    ) -> Any:
-        def body(carry: Any, xs: Any) -> Any:
-            *state, m = one(*carry, *xs)
-            return tuple(state), m
+    def block(carry: tuple[Any, ...], batches: Any, base_key: Any) -> tuple[Any, ...]:
+        return jax.lax.scan(lambda c, b: (one(c, b, base_key), None), carry, batches)[0]
 
-        carry, m = jax.lax.scan(body, (params, model_state, opt_state, halted), (batches, keys))
-        return (*carry, m)
-
-    single = jax.jit(one, donate_argnums=(0, 1, 2))
-    multi = jax.jit(block, donate_argnums=(0, 1, 2))
+    single = jax.jit(one, donate_argnums=(0,))
+    multi = jax.jit(block, donate_argnums=(0,))
     eval_fns = dict(metrics or {})
     eval_fns_jit = {k: jax.jit(fn) for k, fn in eval_fns.items()}
     eval_loss = jax.jit(lambda *args: _loss_only(loss_fn, has_aux, has_state, takes_key, *args))
 
-    halted = jnp.asarray(False)
-    indices = _batch_indices(data_key, n, batch_size, start)
-    pending: list[tuple[int, Any]] = []
+    # One copy up front: the step donates its buffers, and the caller's arrays must survive fit.
+    params, model_state, opt_state = jax.tree.map(jnp.copy, (params, model_state, opt_state))
+    first_batch = jax.tree.map(lambda a: a[:batch_size], data)
+    shapes = jax.eval_shape(
+        lambda p, s, o, b: update(p, s, o, b, jax.random.key(0) if takes_key else None)[3],
+        params, model_state, opt_state, first_batch,
+    )  # fmt: skip
+
+    def zero_sums() -> dict[str, Any]:
+        return {
+            **{k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()},
+            "steps": jnp.zeros((), jnp.float32),
+        }
+
+    no_step = jnp.asarray(-1, jnp.int32)
+    carry: tuple[Any, ...] = (
+        params, model_state, opt_state, jnp.asarray(False), jnp.asarray(start, jnp.int32),
+        zero_sums(), no_step,
+    )  # fmt: skip
+    stream = _epoch_batches(data_key, data, n, batch_size, start)
     stopped: str | None = None
     best: float | None = None
     stale = 0
     bar = tqdm(total=total, initial=start, unit="step", disable=not progress, desc="fit")
-    step = start
+    step = last_log = start
     try:
         while step < total:
             k = fused if fused > 1 and total - step >= fused else 1
-            idx = [next(indices) for _ in range(k)]
-            step_keys = (
-                jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(step, step + k))
-                if takes_key
-                else None
-            )
-            state = (params, model_state, opt_state, halted)
             if k > 1:
-                stack = lambda a, idx=idx: (np if isinstance(a, np.ndarray) else jnp).stack(
-                    [a[i] for i in idx]
+                group = [next(stream) for _ in range(k)]
+                stacked = jax.tree.map(
+                    lambda *xs: (np if isinstance(xs[0], np.ndarray) else jnp).stack(xs), *group
                 )
-                params, model_state, opt_state, halted, m = multi(
-                    *state, jax.tree.map(stack, data), step_keys
-                )
+                carry = multi(carry, stacked, step_key)
             else:
-                batch = jax.tree.map(lambda a, i=idx[0]: a[i], data)
-                one_key = None if step_keys is None else step_keys[0]
-                params, model_state, opt_state, halted, m = single(*state, batch, one_key)
-            pending.append((step, m))
+                carry = single(carry, next(stream), step_key)
+            params, model_state, opt_state = carry[:3]
             step += k
-            bar.update(k)
             at_end = step >= total
             if step % log_every == 0 or at_end:
-                row, bad = _drain(pending)
-                pending = []
-                if bad is not None:
+                sums, first_bad = jax.device_get((carry[5], carry[6]))
+                carry = (*carry[:5], zero_sums(), carry[6])
+                bar.update(step - last_log)
+                last_log = step
+                count = float(sums.pop("steps"))
+                row = {k: float(np.mean(v)) / count for k, v in sums.items()} if count else None
+                if int(first_bad) >= 0:
+                    bad = int(first_bad)
                     stopped = (
                         f"non-finite loss or parameters at step {bad}; stopped and kept the "
-                        f"parameters from before that step (step {bad - 1 if bad else 0} done)"
+                        f"parameters from before that step"
                     )
                     if row is not None:
                         history.append(bad, **row)
@@ -339,41 +364,12 @@ def fit(
     return FitResult(params, opt_state, model_state if has_state else None, history, step, stopped)
 
 
-def _unguarded(update: Callable[..., Any]) -> Callable[..., Any]:
-    def step(
-        params: Any, model_state: Any, opt_state: Any, halted: Any, batch: Any, key: Any
-    ) -> Any:
-        p, s, o, m = update(params, model_state, opt_state, batch, key)
-        return p, s, o, halted, {**m, "finite": jnp.asarray(True)}
-
-    return step
-
-
 def _loss_only(
     loss_fn: Callable[..., Any], has_aux: bool, has_state: bool, takes_key: bool, *args: Any
 ) -> Any:
     call_args = args + ((None,) if takes_key else ())
     out = loss_fn(*call_args)
     return out[0] if (has_aux or has_state) else out
-
-
-def _drain(pending: list[tuple[int, Any]]) -> tuple[dict[str, float] | None, int | None]:
-    """Fetch the metrics of the steps since the last log: their means, and the first bad step."""
-    fetched = jax.device_get([m for _, m in pending])
-    rows: list[dict[str, float]] = []
-    first_bad = None
-    for (start, _), m in zip(pending, fetched, strict=True):
-        values = {k: np.atleast_1d(np.asarray(v)) for k, v in m.items()}
-        for j in range(len(values["loss"])):
-            if not values["finite"][j]:
-                first_bad = start + j
-                break
-            rows.append({k: float(v[j]) for k, v in values.items() if k != "finite"})
-        if first_bad is not None:
-            break
-    if not rows:
-        return None, first_bad
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, first_bad
 
 
 def _save(

@@ -118,3 +118,10 @@ def test_batch_norm_state_in_fit():
     result = fg.train.fit(bn_loss, optax.adam(1e-2), params, data(), model_state=state,
                           key=jax.random.key(0), batch_size=16, steps=12, progress=False)  # fmt: skip
     assert not np.allclose(result.model_state["batch_norm_1"]["mean"], 0)
+
+
+def test_fit_leaves_the_callers_arrays_alive():
+    params = init()
+    fg.train.fit(loss_fn, optax.adam(1e-2), params, data(), key=jax.random.key(1), batch_size=16,
+                 steps=2, progress=False)  # fmt: skip
+    assert float(jnp.sum(params["dense_0"]["w"])) == float(jnp.sum(init()["dense_0"]["w"]))

@@ -1,0 +1,122 @@
+"""Training-loop speed: `fit` and `make_step` against a hand-written pure-JAX loop, and the fused loop.
+
+Same model, data, batching and optimizer for every variant; interleaved rounds, medians, ratios to the
+pure-JAX loop measured in the same round. `fit` includes its progress bar and metrics; its per-step time
+is (t(2N) − t(N)) / N, so that its one-off compilation cancels out.
+
+Usage: .venv/bin/python scripts/bench_train.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import funcgrad as fg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_overhead as models  # noqa: E402
+
+WORKLOADS = {"mlp-784-512-512-10/b128": ((784, 512, 512, 10), 128, 400), "mlp-2-16-16-1/b32": ((2, 16, 16, 1), 32, 20000)}
+
+
+def dataset(sizes: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    n = batch * 50
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, sizes[0])).astype(np.float32)
+    if sizes[-1] == 1:
+        return x, rng.normal(size=(n, 1)).astype(np.float32)
+    return x, rng.integers(0, sizes[-1], n).astype(np.int32)
+
+
+def loop(step: Callable[..., Any], params: Any, opt_state: Any, data: Any, batch: int, steps: int) -> float:
+    """The loop a user writes by hand: shuffle each epoch, slice, step."""
+    n = len(data[0])
+    start = time.perf_counter()
+    done, epoch = 0, 0
+    while done < steps:
+        order = np.random.default_rng(epoch).permutation(n)
+        for b in range(n // batch):
+            if done == steps:
+                break
+            idx = order[b * batch : (b + 1) * batch]
+            params, opt_state, metrics = step(params, opt_state, (data[0][idx], data[1][idx]))
+            done += 1
+        epoch += 1
+    jax.block_until_ready((params, metrics))
+    return (time.perf_counter() - start) / steps
+
+
+def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int) -> float:
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = fg.train.fit(loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(0),
+                                  batch_size=batch, steps=n, progress=True)  # fmt: skip
+        jax.block_until_ready(result.params)
+        return time.perf_counter() - start
+
+    return (run(2 * steps) - run(steps)) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
+          f"{args.rounds} interleaved rounds, medians; us per step (ratio to pure JAX)")  # fmt: skip
+    for name, (sizes, batch, steps) in WORKLOADS.items():
+        opt = optax.adam(1e-3)
+        loss_fn = models.funcgrad_model_loss(sizes)
+        params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
+        data = dataset(sizes, batch)
+        steps_fg = fg.train.make_step(loss_fn, opt)
+        steps_jax = models.pure_jax_step(sizes, opt)
+        copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731
+        variants: dict[str, Callable[[], float]] = {
+            "pure JAX": lambda s=steps_jax: loop(s, copy(params), opt.init(params), data, batch, steps),
+            "make_step": lambda s=steps_fg: loop(s, copy(params), opt.init(params), data, batch, steps),
+            "fit": lambda: fit_time(loss_fn, params, data, batch, steps),
+        }
+        if sizes[0] == 2:
+            k = 100
+            multi = fg.train.make_multistep(loss_fn, opt, k)
+            x, y = data
+            block = (np.stack([x[:batch]] * k), np.stack([y[:batch]] * k))
+
+            def fused(multi: Any = multi, block: Any = block) -> float:
+                p, o = copy(params), opt.init(params)
+                start = time.perf_counter()
+                for _ in range(steps // k):
+                    p, o, m = multi(p, o, block)
+                jax.block_until_ready((p, m))
+                return (time.perf_counter() - start) / (steps // k * k)
+
+            variants["make_multistep k=100"] = fused
+        for fn in variants.values():  # compile and warm up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(args.rounds):
+            for key in list(variants) if r % 2 == 0 else list(reversed(variants)):
+                times[key].append(variants[key]())
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = med["pure JAX"]
+        print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
+        if "make_multistep k=100" in med:
+            print(f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
