@@ -19,7 +19,9 @@ from funcgrad import losses, nn
 digits = load_digits()
 x = (digits.data / 16.0).astype(np.float32)
 y = digits.target.astype(np.int32)
-x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+x_train, x_test, y_train, y_test = train_test_split(
+    x, y, test_size=0.25, random_state=0, stratify=y
+)
 
 model = nn.serial(nn.Dense(128), nn.relu, nn.Dropout(0.1), nn.Dense(128), nn.relu, nn.Dense(10))
 params = model.init(jax.random.key(0), x_train[:1])

@@ -27,9 +27,12 @@ import optax
 import funcgrad as fg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_overhead as models  # noqa: E402
+import bench_overhead as models
 
-WORKLOADS = {"mlp-784-512-512-10/b128": ((784, 512, 512, 10), 128, 400), "mlp-2-16-16-1/b32": ((2, 16, 16, 1), 32, 20000)}
+WORKLOADS = {
+    "mlp-784-512-512-10/b128": ((784, 512, 512, 10), 128, 400),
+    "mlp-2-16-16-1/b32": ((2, 16, 16, 1), 32, 20000),
+}
 
 
 def dataset(sizes: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +44,9 @@ def dataset(sizes: tuple[int, ...], batch: int) -> tuple[np.ndarray, np.ndarray]
     return x, rng.integers(0, sizes[-1], n).astype(np.int32)
 
 
-def loop(step: Callable[..., Any], params: Any, opt_state: Any, data: Any, batch: int, steps: int) -> float:
+def loop(
+    step: Callable[..., Any], params: Any, opt_state: Any, data: Any, batch: int, steps: int
+) -> float:
     """The loop a user writes by hand: shuffle each epoch, slice, step."""
     n = len(data[0])
     start = time.perf_counter()
@@ -59,12 +64,12 @@ def loop(step: Callable[..., Any], params: Any, opt_state: Any, data: Any, batch
     return (time.perf_counter() - start) / steps
 
 
-def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int) -> float:
+def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int, **options: Any) -> float:
     def run(n: int) -> float:
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):
             result = fg.train.fit(loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(0),
-                                  batch_size=batch, steps=n, progress=True)  # fmt: skip
+                                  batch_size=batch, steps=n, progress=True, **options)  # fmt: skip
         jax.block_until_ready(result.params)
         return time.perf_counter() - start
 
@@ -84,11 +89,18 @@ def main() -> None:
         data = dataset(sizes, batch)
         steps_fg = fg.train.make_step(loss_fn, opt)
         steps_jax = models.pure_jax_step(sizes, opt)
-        copy = lambda t: jax.tree.map(jnp.array, t)  # noqa: E731
+        copy = lambda t: jax.tree.map(jnp.array, t)
         variants: dict[str, Callable[[], float]] = {
-            "pure JAX": lambda s=steps_jax: loop(s, copy(params), opt.init(params), data, batch, steps),
-            "make_step": lambda s=steps_fg: loop(s, copy(params), opt.init(params), data, batch, steps),
+            "pure JAX": lambda s=steps_jax: loop(
+                s, copy(params), opt.init(params), data, batch, steps
+            ),
+            "make_step": lambda s=steps_fg: loop(
+                s, copy(params), opt.init(params), data, batch, steps
+            ),
             "fit": lambda: fit_time(loss_fn, params, data, batch, steps),
+            "fit nan_guard=False": lambda: fit_time(
+                loss_fn, params, data, batch, steps, nan_guard=False
+            ),
         }
         if sizes[0] == 2:
             k = 100
@@ -113,9 +125,13 @@ def main() -> None:
                 times[key].append(variants[key]())
         med = {k: statistics.median(v) for k, v in times.items()}
         base = med["pure JAX"]
-        print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
+        print(
+            f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items())
+        )
         if "make_multistep k=100" in med:
-            print(f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x")
+            print(
+                f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""Every example script runs as a newcomer would run it, and prints what its docstring promises."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(name: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_every_example_is_listed_here():
+    listed = set(re.findall(r'"(\w+\.py)"', Path(__file__).read_text()))
+    assert {p.name for p in EXAMPLES.glob("*.py")} <= listed
+
+
+@pytest.mark.parametrize(
+    "name, threshold", [("train_digits_mlp.py", 0.97), ("train_digits_cnn.py", 0.98)]
+)
+def test_digits_examples_reach_their_accuracy(name, threshold):
+    out = run(name)
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
+    assert accuracy >= threshold
+    assert float(re.search(r"trained in ([\d.]+) s", out).group(1)) < 60
+
+
+def test_seed1_prints_the_seed_numbers():
+    out = run("seed1_torch_chain.py")
+    for number in (
+        "0.8807970779778823",
+        "17.615941559557648",
+        "58.00256583859738",
+        "13.416198143417384",
+    ):
+        assert number in out
+
+
+def test_custom_primitive_prints_value_and_derivative():
+    out = run("custom_primitive.py")
+    assert "4.511047744848594" in out and "0.9890130573694068" in out
+    assert "naive inf" in out
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("seed2_logistic_least_squares.py", "by hand"),
+        ("seed3_multivariate_chain_rule.py", "2.49843231939396"),
+        ("softmax_regression.py", "training accuracy"),
+        ("seed6_traditional_network.py", "loss before the step"),
+        ("seed7_caffe_nodes.py", "agree with finite differences"),
+        ("per_example_grads.py", "DP-SGD step"),
+    ],
+)
+def test_example_runs(name, expected):
+    assert expected in run(name)
