@@ -76,6 +76,53 @@ def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int, **opt
     return (run(2 * steps) - run(steps)) / steps
 
 
+def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, rounds: int) -> None:
+    """Time every variant on one workload, interleaved round by round; print medians and ratios."""
+    opt = optax.adam(1e-3)
+    loss_fn = models.funcgrad_model_loss(sizes)
+    params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
+    data = dataset(sizes, batch)
+    steps_fg = fg.train.make_step(loss_fn, opt)
+    steps_jax = models.pure_jax_step(sizes, opt)
+    copy = lambda t: jax.tree.map(jnp.array, t)
+    variants: dict[str, Callable[[], float]] = {
+        "pure JAX": lambda s=steps_jax: loop(s, copy(params), opt.init(params), data, batch, steps),
+        "make_step": lambda s=steps_fg: loop(s, copy(params), opt.init(params), data, batch, steps),
+        "fit": lambda: fit_time(loss_fn, params, data, batch, steps),
+        "fit nan_guard=False": lambda: fit_time(
+            loss_fn, params, data, batch, steps, nan_guard=False
+        ),
+    }
+    if sizes[0] == 2:
+        k = 100
+        multi = fg.train.make_multistep(loss_fn, opt, k)
+        x, y = data
+        block = (np.stack([x[:batch]] * k), np.stack([y[:batch]] * k))
+
+        def fused(multi: Any = multi, block: Any = block) -> float:
+            p, o = copy(params), opt.init(params)
+            start = time.perf_counter()
+            for _ in range(steps // k):
+                p, o, m = multi(p, o, block)
+            jax.block_until_ready((p, m))
+            return (time.perf_counter() - start) / (steps // k * k)
+
+        variants["make_multistep k=100"] = fused
+    for fn in variants.values():  # compile and warm up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(rounds):
+        for key in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            times[key].append(variants[key]())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["pure JAX"]
+    print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
+    if "make_multistep k=100" in med:
+        print(
+            f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -83,55 +130,7 @@ def main() -> None:
     print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
           f"{args.rounds} interleaved rounds, medians; us per step (ratio to pure JAX)")  # fmt: skip
     for name, (sizes, batch, steps) in WORKLOADS.items():
-        opt = optax.adam(1e-3)
-        loss_fn = models.funcgrad_model_loss(sizes)
-        params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
-        data = dataset(sizes, batch)
-        steps_fg = fg.train.make_step(loss_fn, opt)
-        steps_jax = models.pure_jax_step(sizes, opt)
-        copy = lambda t: jax.tree.map(jnp.array, t)
-        variants: dict[str, Callable[[], float]] = {
-            "pure JAX": lambda s=steps_jax: loop(
-                s, copy(params), opt.init(params), data, batch, steps
-            ),
-            "make_step": lambda s=steps_fg: loop(
-                s, copy(params), opt.init(params), data, batch, steps
-            ),
-            "fit": lambda: fit_time(loss_fn, params, data, batch, steps),
-            "fit nan_guard=False": lambda: fit_time(
-                loss_fn, params, data, batch, steps, nan_guard=False
-            ),
-        }
-        if sizes[0] == 2:
-            k = 100
-            multi = fg.train.make_multistep(loss_fn, opt, k)
-            x, y = data
-            block = (np.stack([x[:batch]] * k), np.stack([y[:batch]] * k))
-
-            def fused(multi: Any = multi, block: Any = block) -> float:
-                p, o = copy(params), opt.init(params)
-                start = time.perf_counter()
-                for _ in range(steps // k):
-                    p, o, m = multi(p, o, block)
-                jax.block_until_ready((p, m))
-                return (time.perf_counter() - start) / (steps // k * k)
-
-            variants["make_multistep k=100"] = fused
-        for fn in variants.values():  # compile and warm up
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for r in range(args.rounds):
-            for key in list(variants) if r % 2 == 0 else list(reversed(variants)):
-                times[key].append(variants[key]())
-        med = {k: statistics.median(v) for k, v in times.items()}
-        base = med["pure JAX"]
-        print(
-            f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items())
-        )
-        if "make_multistep k=100" in med:
-            print(
-                f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x"
-            )
+        bench_workload(name, sizes, batch, steps, args.rounds)
 
 
 if __name__ == "__main__":
