@@ -9,8 +9,10 @@ import dataclasses
 import inspect
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from queue import Full, Queue
 from typing import Any
 
 import jax
@@ -125,6 +127,42 @@ def _epoch_batches(
         epoch, offset = epoch + 1, 0
 
 
+def _prefetched(stream: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Yield from ``stream`` while a background thread slices and copies the next ``depth``
+    batches to the device."""
+    queue: Queue[Any] = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in stream:
+                if not put(jax.device_put(item)):
+                    return  # the consumer has gone: fit stopped early
+        except BaseException as err:  # surfaced in the consumer
+            put(err)
+        put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def _mean_over(
     fns: Mapping[str, Callable[..., Any]], data: Any, batch_size: int, args: tuple[Any, ...]
 ) -> dict[str, float]:
@@ -162,6 +200,7 @@ def fit(
     keep: int = 3,
     resume: bool = True,
     fused: int = 1,
+    prefetch: int = 0,
     nan_guard: bool = True,
     progress: bool = True,
 ) -> FitResult:
@@ -190,6 +229,8 @@ def fit(
         there, giving bitwise the same result on CPU as an uninterrupted run.
       fused: run this many steps per compiled call (`make_multistep`); logging,
         evaluation and checkpoint intervals are rounded up to multiples of it.
+      prefetch: slice and copy this many batches to the device ahead, in a background
+        thread (0: none). The batches and results are the same either way.
       nan_guard: stop at the first non-finite loss or parameter, naming the step, and
         return the last finite parameters.
       progress: show a progress bar (loss, steps/s).
@@ -285,6 +326,8 @@ def fit(
         zero_sums(), no_step,
     )  # fmt: skip
     stream = _epoch_batches(data_key, data, n, batch_size, start)
+    if prefetch:
+        stream = _prefetched(stream, prefetch)
     stopped: str | None = None
     best: float | None = None
     stale = 0

@@ -125,3 +125,10 @@ def test_fit_leaves_the_callers_arrays_alive():
     fg.train.fit(loss_fn, optax.adam(1e-2), params, data(), key=jax.random.key(1), batch_size=16,
                  steps=2, progress=False)  # fmt: skip
     assert float(jnp.sum(params["dense_0"]["w"])) == float(jnp.sum(init()["dense_0"]["w"]))
+
+
+def test_prefetch_gives_the_same_result():
+    plain = run(steps=12)
+    prefetched = run(steps=12, prefetch=3)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(prefetched.params), strict=True):
+        np.testing.assert_array_equal(a, b)
