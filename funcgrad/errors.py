@@ -28,3 +28,7 @@ class PrimitiveError(FuncgradError, TypeError):
 
 class ConfigError(FuncgradError, ValueError):
     """A constructor or function received an out-of-range or inconsistent setting."""
+
+
+class InputTypeError(FuncgradError, TypeError):
+    """An argument is of the wrong kind altogether: not a Layer, not a PRNG key, not an array."""

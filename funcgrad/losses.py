@@ -19,6 +19,10 @@ Reduction = Literal["mean", "sum", "none"]
 
 
 def _reduce(values: Array, reduction: Reduction, name: str) -> Array:
+    if reduction != "none" and values.size == 0:
+        raise ShapeError(
+            f"{name}: the batch is empty (shape {values.shape}); its {reduction} is undefined"
+        )
     if reduction == "mean":
         return jnp.mean(values)
     if reduction == "sum":
@@ -47,7 +51,7 @@ def mse(predictions: Array, targets: Array) -> Array:
     """
     predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
     _same_shape("mse", predictions, targets)
-    return jnp.mean(jnp.square(predictions - targets))
+    return _reduce(jnp.square(predictions - targets), "mean", "mse")
 
 
 def squared_error(predictions: Array, targets: Array, *, reduction: Reduction = "mean") -> Array:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ConfigError, ParamsError, ShapeError
+from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, path_key, path_str
 
 
@@ -21,7 +21,7 @@ def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             hint = "; wrap a function with nn.elementwise(fn)" if callable(layer) else ""
-            raise TypeError(
+            raise InputTypeError(
                 f"{where}: argument {i} is {type(layer).__name__}, not a funcgrad Layer{hint}"
             )
         # A shared layer's parameters live at the top of the tree, not under this key.

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ShapeError
+from funcgrad.errors import ConfigError, ShapeError
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -66,7 +66,7 @@ class Dense(ParamLayer):
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, int) or self.features < 1:
-            raise ValueError(f"Dense: features must be a positive int; got {self.features!r}")
+            raise ConfigError(f"Dense: features must be a positive int; got {self.features!r}")
 
     def check_input(self, x: Spec, path: Path) -> None:
         require_float(x, path, "Dense")

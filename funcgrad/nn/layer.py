@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import DTypeError, ParamsError, ShapeError
+from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -53,7 +53,7 @@ def as_spec(x: Any, where: str) -> Any:
     try:
         arr = jnp.asarray(x)
     except TypeError:
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: expected an array or jax.ShapeDtypeStruct as example input; "
             f"got {type(x).__name__}"
         ) from None
@@ -180,13 +180,13 @@ def shared_names(layer: Layer) -> list[str]:
 
 def _check_key(key: Any, where: str) -> None:
     if not isinstance(key, jax.Array):
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: expected a PRNG key from jax.random.key; got {type(key).__name__}"
         )
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     raw = key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed or raw) or (typed and key.shape != ()):
-        raise TypeError(
+        raise InputTypeError(
             f"{where}: expected a single PRNG key (jax.random.key(seed)); got an array of "
             f"shape {key.shape} and dtype {key.dtype}"
         )

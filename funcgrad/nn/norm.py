@@ -24,6 +24,7 @@ from funcgrad.nn.layer import (
     State,
     path_str,
     require_float,
+    require_rank,
 )
 
 
@@ -46,6 +47,7 @@ class _FeatureNorm(ParamLayer):
 
     def check_input(self, x: Spec, path: Path) -> None:
         require_float(x, path, type(self).__name__)
+        require_rank(x, tuple(range(1, 33)), path, type(self).__name__, "(..., features)")
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
         c = (x.shape[-1],)

@@ -12,7 +12,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcgrad.nn.conv import Padding, _padding, _tuple
-from funcgrad.nn.layer import Array, Context, ParamLayer, Params, Path, Spec, require_rank
+from funcgrad.nn.layer import (
+    Array,
+    Context,
+    ParamLayer,
+    Params,
+    Path,
+    Spec,
+    require_float,
+    require_rank,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +42,7 @@ class Pool(ParamLayer):
     def check_input(self, x: Spec, path: Path) -> None:
         nd = len(tuple(self.window))
         require_rank(x, (nd + 2,), path, f"{self.kind}", "(batch, *spatial, channels)")
+        require_float(x, path, self.kind)
 
     def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
         nd = len(tuple(self.window))

@@ -48,6 +48,7 @@ def log1pexp(x: Array) -> tuple[Array, Array]:
       >>> round(float(fg.log1pexp(4.5)), 12)
       4.511047744849
     """
+    _float_input("log1pexp", x)
     e = _exp_neg_abs(x)
     return jnp.maximum(x, 0) + jnp.log1p(e), e
 
@@ -67,6 +68,7 @@ def log_sigmoid(x: Array) -> tuple[Array, Array]:
       >>> float(fg.log_sigmoid(-100.0))
       -100.0
     """
+    _float_input("log_sigmoid", x)
     e = _exp_neg_abs(x)
     return jnp.minimum(x, 0) - jnp.log1p(e), e
 
@@ -85,6 +87,7 @@ def sigmoid(x: Array) -> tuple[Array, Array]:
       >>> float(fg.sigmoid(0.0))
       0.5
     """
+    _float_input("sigmoid", x)
     y, z = _sigmoid_from(x, _exp_neg_abs(x))
     return y, z
 
@@ -110,6 +113,7 @@ def logaddexp(a: Array, b: Array) -> tuple[Array, Array]:
       True
     """
     _same_shape("logaddexp", a, b)
+    _float_input("logaddexp", a)
     d = a - b  # NaN when both are the same infinity
     e = _exp_neg_abs(d)
     return jnp.where(jnp.isnan(d), a + b, jnp.maximum(a, b) + jnp.log1p(e)), e
@@ -303,6 +307,7 @@ def log1mexp(x: Array) -> Array:
       >>> float(fg.log1mexp(50.0)) < 0
       True
     """
+    _float_input("log1mexp", x)
     small = x <= jnp.log(2.0).astype(x.dtype)
     return jnp.where(small, jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
 
@@ -358,6 +363,7 @@ def xlogy(x: Array, y: Array) -> Array:
       0.0
     """
     _same_shape("xlogy", x, y)
+    _float_input("xlogy", x)
     return jnp.where(x == 0, jnp.zeros_like(x), x * jnp.log(jnp.where(x == 0, 1, y)))
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from funcgrad.errors import ShapeError
+from funcgrad.errors import ConfigError, ShapeError
 
 Metrics = dict[str, Any]
 Update = Callable[[Any, Any, Any, Any, Any], tuple[Any, Any, Any, Metrics]]
@@ -175,7 +175,7 @@ def make_multistep(
       ((50,), 2.0)
     """
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"make_multistep: k must be a positive int; got {k!r}")
+        raise ConfigError(f"make_multistep: k must be a positive int; got {k!r}")
     update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
     watch = _ShapeWatch("make_multistep")
 
