@@ -150,3 +150,124 @@ def test_dense_gradients_match_finite_differences(case):
     params = layer.init(jax.random.key(1), x)
     x = jnp.clip(x, -10, 10)
     fg.testing.check_grads(lambda p, v: jnp.sum(jnp.sin(layer.apply(p, v))), (params, x))
+
+
+# Every layer: per-example input shape and a constructor; batch size, dtype, seed and magnitude drawn.
+EVERY_LAYER = {
+    "Dense": (lambda: nn.Dense(3), (4,)),
+    "Scale": (lambda: nn.Scale(), (4,)),
+    "Conv1d": (lambda: nn.Conv(3, (2,), strides=2), (6, 2)),
+    "Conv2d_groups": (lambda: nn.Conv(4, (3, 3), groups=2, dilation=2), (6, 6, 2)),
+    "ConvTranspose": (lambda: nn.ConvTranspose(2, (2, 2), strides=2), (3, 3, 2)),
+    "max_pool": (lambda: nn.max_pool((2, 2)), (4, 4, 2)),
+    "avg_pool": (lambda: nn.avg_pool((2,), padding="SAME"), (5, 2)),
+    "Flatten": (lambda: nn.Flatten(), (2, 3)),
+    "Reshape": (lambda: nn.Reshape((3, -1)), (6,)),
+    "Dropout": (lambda: nn.Dropout(0.5), (5,)),
+    "LayerNorm": (lambda: nn.LayerNorm(), (5,)),
+    "RMSNorm": (lambda: nn.RMSNorm(), (5,)),
+    "MultiHeadAttention": (lambda: nn.MultiHeadAttention(2, causal=True), (3, 4)),
+    "softmax": (lambda: nn.softmax, (4,)),
+    "log_softmax": (lambda: nn.log_softmax, (4,)),
+    "gelu": (lambda: nn.gelu, (4,)),
+    "repeat": (lambda: nn.repeat(nn.serial(nn.Dense(4), nn.tanh), 2), (4,)),
+    "parallel": (lambda: nn.parallel(nn.Dense(2), nn.relu, combine="concat"), (4,)),
+}
+
+
+@given(
+    st.sampled_from(sorted(EVERY_LAYER)),
+    st.integers(1, 3),
+    DTYPES,
+    st.integers(0, 2**16),
+    st.sampled_from([1e-20, 1e-3, 1.0, 1e3]),
+)
+def test_every_layer_under_jit_vmap_and_grad(name, batch, dtype, seed, scale):
+    make, shape = EVERY_LAYER[name]
+    layer = make()
+    x = (jax.random.normal(jax.random.key(seed), (batch, *shape)) * scale).astype(dtype)
+    params = jax.tree.map(lambda p: p.astype(dtype), layer.init(jax.random.key(seed), x))
+    y = layer.apply(params, x)
+    assert y.shape[0] == batch and y.dtype == dtype
+    finite = jnp.isfinite(y) | (y == -jnp.inf) if name == "log_softmax" else jnp.isfinite(y)
+    assert bool(jnp.all(finite))
+    tol = (
+        {"rtol": 2e-5, "atol": 1e-6 * scale}
+        if dtype == np.float32
+        else {"rtol": 1e-11, "atol": 1e-13 * scale}
+    )
+    np.testing.assert_allclose(jax.jit(layer.apply)(params, x), y, **tol)
+    if name != "Dropout":  # dropout's mask depends on the key, not on vmap
+        mapped = jax.vmap(lambda v: layer.apply(params, v))(jnp.stack([x, -x]))
+        np.testing.assert_allclose(mapped[1], layer.apply(params, -x), **tol)
+    grads = jax.grad(lambda p, v: jnp.sum(jnp.where(jnp.isfinite(layer.apply(p, v)), layer.apply(p, v), 0)),
+                     argnums=(0, 1))(params, x)  # fmt: skip
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), name
+
+
+@given(DTYPES, st.integers(1, 5), st.sampled_from([1e-30, 1.0, 1e4, 1e30]), st.integers(0, 2**16))
+def test_every_loss_is_finite_and_reductions_agree(dtype, batch, scale, seed):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    y = (jax.random.normal(keys[0], (batch, 3)) * scale).astype(dtype)
+    t = (jax.random.normal(keys[1], (batch, 3)) * scale).astype(dtype)
+    p = jax.random.uniform(keys[2], (batch, 3), dtype)
+    labels = jnp.arange(batch) % 3
+    big = float(np.finfo(dtype).max) ** 0.5 / 4  # squares of larger values overflow, as they should
+    finite_squares = scale < big
+    for name, loss in {
+        "mse": lambda: losses.mse(y, t),
+        "squared_error": lambda: losses.squared_error(y, t),
+        "huber": lambda: losses.huber(y, t),
+        "softmax_cross_entropy": lambda: losses.softmax_cross_entropy(y, labels),
+        "soft targets": lambda: losses.softmax_cross_entropy(y, jax.nn.softmax(t)),
+        "smoothed": lambda: losses.softmax_cross_entropy(y, labels, label_smoothing=0.1),
+        "sigmoid_bce": lambda: losses.sigmoid_binary_cross_entropy(y, p),
+        "nll": lambda: losses.nll(fg.log_softmax(y), labels),
+    }.items():
+        if name in ("mse", "squared_error") and not finite_squares:
+            continue
+        value = loss()
+        assert bool(jnp.isfinite(value)), (name, value)
+    per = losses.squared_error(y, t, reduction="none")
+    if finite_squares:
+        np.testing.assert_allclose(
+            losses.squared_error(y, t, reduction="sum"), per.sum(), rtol=1e-5
+        )
+    assert float(losses.l2_penalty({"a": y}, 2.0)) >= 0
+
+
+@given(vectors(low=-1e18, high=1e18))
+def test_safe_norm_bounds_and_gradient(x):
+    x = jnp.asarray(x)
+    norm = fg.safe_norm(x)
+    largest = jnp.max(jnp.abs(x))
+    assert bool(jnp.isfinite(norm))
+    assert (
+        float(largest) * (1 - 1e-6) <= float(norm) <= float(largest) * np.sqrt(len(x)) * (1 + 1e-6)
+    )
+    grad = jax.grad(fg.safe_norm)(x)
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.linalg.norm(grad)) <= 1 + 1e-5
+
+
+@given(vectors(low=0.0, high=1e30), vectors(low=0.0, high=1e30))
+def test_xlogy_is_zero_at_zero_and_finite(x, y):
+    n = min(len(x), len(y))
+    x, y = jnp.asarray(x[:n]), jnp.asarray(y[:n]).astype(x.dtype) + 1
+    x = x.at[0].set(0)
+    out = fg.xlogy(x, y)
+    assert float(out[0]) == 0.0 and bool(jnp.all(jnp.isfinite(out)))
+
+
+@given(vectors(low=-1e6, high=1e6), st.floats(-3, 3))
+def test_gradient_tools_shape_gradients_as_documented(x, factor):
+    x = jnp.asarray(x)
+    g = jax.grad(lambda v: jnp.sum(fg.scale_gradient(v, factor) * 2))(x)
+    np.testing.assert_allclose(
+        g, 2 * np.float32(factor) if x.dtype == np.float32 else 2 * factor, rtol=1e-6
+    )
+    clipped = jax.grad(lambda v: jnp.sum(fg.clip_gradient(v, -1.0, 1.0) * 10))(x)
+    assert bool(jnp.all(clipped == 1.0))
+    np.testing.assert_array_equal(fg.straight_through(x), jnp.round(x))
+    np.testing.assert_array_equal(
+        jax.grad(lambda v: jnp.sum(fg.straight_through(v, "sign")))(x), 1.0
+    )
