@@ -137,3 +137,35 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert fg.train.steps(tmp_path) == [1]
     step, loaded = fg.train.restore(tmp_path, {"w": jnp.zeros(3)})
     assert step == 1 and loaded["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+SAVE_FOREVER = """
+import sys, jax.numpy as jnp, funcgrad as fg
+step = 0
+while True:
+    step += 1
+    fg.train.save(sys.argv[1], step, {"w": jnp.full((256, 256), float(step))}, keep=2)
+    print(step, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.7, 1.1, 1.6])
+def test_saves_killed_at_random_points_never_leave_a_broken_newest(tmp_path, delay):
+    import random
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_FOREVER, str(tmp_path)], stdout=subprocess.PIPE
+    )
+    try:
+        proc.stdout.readline()  # at least one save completed
+        time.sleep(delay * random.uniform(0.5, 1.5))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    available = fg.train.steps(tmp_path)
+    assert available
+    step, loaded = fg.train.restore(tmp_path, {"w": jnp.zeros((256, 256), jnp.float32)})
+    assert step == available[-1]
+    assert bool(jnp.all(loaded["w"] == float(step)))
