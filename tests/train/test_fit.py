@@ -94,7 +94,6 @@ def test_history_exports(tmp_path):
     assert (tmp_path / "h.csv").read_text().splitlines()[0] == "step,loss"
     again = fg.train.History.from_json(result.history.to_json())
     assert again.rows == result.history.rows
-    pytest.importorskip("matplotlib")
     assert result.history.plot(tmp_path / "h.png").stat().st_size > 1000
 
 
@@ -132,3 +131,11 @@ def test_prefetch_gives_the_same_result():
     prefetched = run(steps=12, prefetch=3)
     for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(prefetched.params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'funcgrad\[examples\]'"):
+        fg.train.History([{"step": 1, "loss": 1.0}]).plot(tmp_path / "h.png")
