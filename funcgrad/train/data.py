@@ -68,13 +68,14 @@ def batches(
             f"batches: the data set has {n} examples, fewer than one batch of {batch_size} "
             "(use a smaller batch_size or drop_last=False)"
         )
+    leaves, treedef = jax.tree.flatten(arrays)
     if shuffle:
         if key is None:
             raise ConfigError("batches: shuffle=True needs a PRNG key")
+        # Gather the epoch in its order once; each batch is then a contiguous slice (a view,
+        # for NumPy data) instead of a gather of its own.
         order = np.asarray(jax.random.permutation(key, n))
-    else:
-        order = np.arange(n)
+        leaves = [leaf[order] for leaf in leaves]
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        yield jax.tree.map(lambda a, idx=idx: a[idx], arrays)
+        yield jax.tree.unflatten(treedef, [leaf[start : start + batch_size] for leaf in leaves])

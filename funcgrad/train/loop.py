@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import math
 import os
 import threading
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from funcgrad.errors import ConfigError
 from funcgrad.train import checkpoint
-from funcgrad.train.data import num_examples
+from funcgrad.train.data import batches, num_examples
 from funcgrad.train.history import History
 from funcgrad.train.step import make_update
 
@@ -107,23 +108,13 @@ def _make_step(update: Callable[..., Any], nan_guard: bool, takes_key: bool) -> 
     return step
 
 
-def _epoch_batches(
-    data_key: jax.Array, data: Any, n: int, batch_size: int, start: int
-) -> Iterator[Any]:
-    """Batches from global step ``start`` on; epoch e is ordered by fold_in(key, e).
-
-    Each epoch gathers the data in its order once; a step then takes a contiguous slice (a
-    view, for NumPy data) instead of gathering its examples.
-    """
-    leaves, treedef = jax.tree.flatten(data)
-    per_epoch = n // batch_size
+def _epoch_batches(data_key: jax.Array, data: Any, batch_size: int, start: int) -> Iterator[Any]:
+    """Batches from global step ``start`` on: epoch e is `batches` ordered by fold_in(key, e)."""
+    per_epoch = num_examples(data) // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), n))
-        shuffled = [leaf[order] for leaf in leaves]
-        for b in range(offset, per_epoch):
-            lo, hi = b * batch_size, (b + 1) * batch_size
-            yield jax.tree.unflatten(treedef, [leaf[lo:hi] for leaf in shuffled])
+        epoch_key = jax.random.fold_in(data_key, epoch)
+        yield from itertools.islice(batches(epoch_key, data, batch_size), offset, None)
         epoch, offset = epoch + 1, 0
 
 
@@ -325,7 +316,7 @@ def fit(
         params, model_state, opt_state, jnp.asarray(False), jnp.asarray(start, jnp.int32),
         zero_sums(), no_step,
     )  # fmt: skip
-    stream = _epoch_batches(data_key, data, n, batch_size, start)
+    stream = _epoch_batches(data_key, data, batch_size, start)
     if prefetch:
         stream = _prefetched(stream, prefetch)
     stopped: str | None = None
