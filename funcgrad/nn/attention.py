@@ -20,8 +20,6 @@ from funcgrad.nn.layer import (
     Params,
     ParamSpec,
     Path,
-    State,
-    check_params,
     compute_dtype,
     path_str,
     require_float,
@@ -123,19 +121,6 @@ class MultiHeadAttention(ParamLayer):
             specs |= {f"b{n}": ParamSpec((h, hd), pd, zeros) for n in "qkv"}
             specs["bo"] = ParamSpec((out,), pd, zeros)
         return specs
-
-    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        x = jax.tree.map(jnp.asarray, x)
-        self.check_input(x, path)
-        check_params(
-            params,
-            self.param_specs(x, path),
-            path,
-            "MultiHeadAttention",
-            jnp.shape(self._split(x)[0]),
-        )
-        with jax.named_scope("/".join(path) or self.kind):
-            return self.forward(params, x, ctx, path), state
 
     def forward(self, params: Params, x: Any, ctx: Context, path: Path) -> Array:
         q, kv, mask = self._split(x)

@@ -241,9 +241,11 @@ class ParamLayer(Layer):
         return {}
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-        self.check_input(jax.ShapeDtypeStruct(x.shape, x.dtype), path)
-        check_params(params, self.param_specs(x, path), path, type(self).__name__, x.shape)
+        # x may be a tuple of arrays (attention's (query, context, mask)); errors report the first.
+        x = jax.tree.map(jnp.asarray, x)
+        self.check_input(x, path)
+        first = jnp.shape(jax.tree.leaves(x)[0])
+        check_params(params, self.param_specs(x, path), path, type(self).__name__, first)
         with jax.named_scope("/".join(path) or self.kind):
             return self.forward_with_state(params, state, x, ctx, path)
 
