@@ -10,14 +10,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def global_norms(grads: Any) -> jax.Array:
     """The L2 norm of each example's whole gradient, shape ``(batch,)``."""
-    squares = [
-        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1) for g in jax.tree.leaves(grads)
-    ]
-    return jnp.sqrt(sum(squares, jnp.zeros(())))
+    return jax.vmap(optax.tree.norm)(grads)
 
 
 def per_example_grads(
