@@ -9,7 +9,6 @@ Usage: .venv/bin/python scripts/bench_overhead.py [--rounds 15] [--steps 200]
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from interleave import interleaved_medians  # the scripts folder is on sys.path
 
 import funcgrad as fg
 from funcgrad import losses, nn
@@ -109,18 +109,17 @@ def bench(name: str, rounds: int, steps: int) -> float:
         "funcgrad": (fg_step, copy(params), optimizer.init(params)),
         "pure JAX": (jax_step, copy(params), optimizer.init(params)),
     }
-    times: dict[str, list[float]] = {k: [] for k in state}
-    for k, (step, p, o) in state.items():  # compile and warm up
-        _, p, o = time_steps(step, p, o, batch, 5)
-        state[k] = (step, p, o)
-    for r in range(rounds):
-        order = list(state) if r % 2 == 0 else list(reversed(state))
-        for k in order:
-            step, p, o = state[k]
+
+    def variant(name: str) -> Callable[[], float]:
+        def run() -> float:
+            step, p, o = state[name]
             t, p, o = time_steps(step, p, o, batch, steps)
-            state[k] = (step, p, o)
-            times[k].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+            state[name] = (step, p, o)  # the step donated the old buffers
+            return t
+
+        return run
+
+    med = interleaved_medians({name: variant(name) for name in state}, rounds)
     ratio = med["funcgrad"] / med["pure JAX"]
     print(
         f"{name:26s} funcgrad {med['funcgrad'] * 1e6:9.1f} us/step   pure JAX "

@@ -8,7 +8,6 @@ Usage: .venv/bin/python scripts/bench_primitives.py [--rounds 15] [--reps 20]
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from interleave import interleaved_medians  # the scripts folder is on sys.path
 
 import funcgrad as fg
 
@@ -75,11 +75,10 @@ def main() -> None:
     worst = 0.0
     for name, (ours, theirs, x) in CASES.items():
         fns = {"ours": compiled(ours, x), "theirs": compiled(theirs, x)}
-        times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for r in range(args.rounds):
-            for k in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
-                times[k].append(timed(fns[k], x, args.reps))
-        ours_ms, theirs_ms = (statistics.median(times[k]) * 1e3 for k in ("ours", "theirs"))
+        med = interleaved_medians(
+            {k: (lambda g=g, x=x: timed(g, x, args.reps)) for k, g in fns.items()}, args.rounds
+        )
+        ours_ms, theirs_ms = med["ours"] * 1e3, med["theirs"] * 1e3
         worst = max(worst, ours_ms / theirs_ms)
         print(f"| {name} | {ours_ms:.3f} | {theirs_ms:.3f} | {ours_ms / theirs_ms:.3f} |")
     print(f"worst ratio {worst:.3f}")

@@ -12,22 +12,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import bench_overhead as models  # the scripts folder is on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from interleave import interleaved_medians
 
 import funcgrad as fg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_overhead as models
 
 WORKLOADS = {
     "mlp-784-512-512-10/b128": ((784, 512, 512, 10), 128, 400),
@@ -108,13 +104,7 @@ def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, ro
             return (time.perf_counter() - start) / (steps // k * k)
 
         variants["make_multistep k=100"] = fused
-    for fn in variants.values():  # compile and warm up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for r in range(rounds):
-        for key in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            times[key].append(variants[key]())
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(variants, rounds)
     base = med["pure JAX"]
     print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
     if "make_multistep k=100" in med:
