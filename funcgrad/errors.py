@@ -32,3 +32,11 @@ class ConfigError(FuncgradError, ValueError):
 
 class InputTypeError(FuncgradError, TypeError):
     """An argument is of the wrong kind altogether: not a Layer, not a PRNG key, not an array."""
+
+
+class TraceError(FuncgradError, TypeError):
+    """A function cannot be traced by JAX (Python control flow on a traced value, say)."""
+
+
+class MissingToolError(FuncgradError, RuntimeError):
+    """An optional outside program or package (Graphviz's ``dot``, say) is not installed."""

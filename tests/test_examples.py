@@ -1,8 +1,10 @@
 """Every example script runs as a newcomer would run it, and prints what its docstring promises."""
 
 import re
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,25 @@ def test_custom_primitive_prints_value_and_derivative():
 )
 def test_example_runs(name, expected):
     assert expected in run(name)
+
+
+def test_see_the_graph_draws_the_seed_graphs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "see_the_graph.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seed 2: params['dense_0']['w'] is used 2 times" in proc.stdout
+    suffix = ".svg" if shutil.which("dot") else ".dot"
+    names = ["seed1_backward", "seed2_backward", "seed2_forward"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [n + suffix for n in names]
+    # The pictures committed under docs/images show what the example draws today.
+    if suffix == ".svg":
+        committed = EXAMPLES.parent / "docs" / "images"
+        for n in names:
+            assert svg_texts(committed / (n + ".svg")) == svg_texts(tmp_path / (n + ".svg")), n
+
+
+def svg_texts(path):
+    root = ET.parse(path).getroot()
+    return sorted(t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text)

@@ -13,7 +13,17 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
-from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, path_key, path_str
+from funcgrad.nn.layer import (
+    Array,
+    Context,
+    Layer,
+    Params,
+    Path,
+    State,
+    apply_child,
+    path_key,
+    path_str,
+)
 
 
 def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
@@ -107,7 +117,7 @@ class Serial(_Group):
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         new_state = {}
         for k, layer, p, s in self._child_inputs(params, state, path):
-            x, s = layer._apply(p, s, x, ctx, (*path, k))
+            x, s = apply_child(layer, p, s, x, ctx, (*path, k))
             if s:
                 new_state[k] = s
         return x, new_state
@@ -164,7 +174,7 @@ class Parallel(_Group):
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         ys, new_state = [], {}
         for k, layer, p, s in self._child_inputs(params, state, path):
-            y, s = layer._apply(p, s, x, ctx, (*path, k))
+            y, s = apply_child(layer, p, s, x, ctx, (*path, k))
             ys.append(y)
             if s:
                 new_state[k] = s
@@ -256,7 +266,7 @@ class Shared(Layer):
                 f"shared layer '{self.name}' at {path_str(path)} keeps its parameters at the top "
                 f"of the tree, params['{self.name}']; got parameters at its place of use"
             )
-        return self.layer._apply(ctx.shared[self.name], {}, x, ctx, (self.name,))
+        return apply_child(self.layer, ctx.shared[self.name], {}, x, ctx, (self.name,))
 
 
 def shared(layer: Layer, name: str) -> Shared:
@@ -320,7 +330,7 @@ class Repeat(Layer):
         def body(carry: Any, xs: tuple[Array, Params, State]) -> tuple[Any, State]:
             i, p, s = xs
             key = None if ctx.key is None else jax.random.fold_in(ctx.key, i)
-            y, s = self.layer._apply(p, s, carry, dataclasses.replace(ctx, key=key), path)
+            y, s = apply_child(self.layer, p, s, carry, dataclasses.replace(ctx, key=key), path)
             return y, s
 
         step: Callable[..., Any] = jax.checkpoint(body) if self.remat else body
@@ -373,7 +383,7 @@ class Remat(Layer):
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         def run(p: Params, s: State, v: Any, key: Array | None) -> Any:
-            return self.layer._apply(p, s, v, dataclasses.replace(ctx, key=key), path)
+            return apply_child(self.layer, p, s, v, dataclasses.replace(ctx, key=key), path)
 
         return jax.checkpoint(run, policy=self.policy)(params, state, x, ctx.key)
 

@@ -5,6 +5,7 @@ Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import zlib
 from collections.abc import Callable, Mapping
@@ -138,7 +139,7 @@ class Layer:
         else:
             shared = {}
         ctx = Context(key=key, train=key is not None if train is None else train, shared=shared)
-        y, new_state = self._apply(params, {} if state is None else state, x, ctx, ())
+        y, new_state = apply_child(self, params, {} if state is None else state, x, ctx, ())
         return y if state is None else (y, new_state)
 
     def __call__(self, x: Any) -> Any:
@@ -164,6 +165,34 @@ class Layer:
     def _output_spec(self, params: Params, state: State, x: Spec, path: Path) -> Any:
         ctx = Context(key=None, train=False, shared={})
         return jax.eval_shape(lambda p, s, v: self._apply(p, s, v, ctx, path)[0], params, state, x)
+
+
+class Recorder:
+    """Listens to every layer call of an ``apply``; `funcgrad.inspect.summary` is one."""
+
+    def enter(self, layer: Layer, path: Path, params: Any) -> Any:
+        """Called before ``layer`` runs; what it returns is handed to `leave`."""
+
+    def leave(self, token: Any, y: Any) -> None:
+        """Called with the layer's output."""
+
+
+RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "funcgrad_layer_recorder", default=None
+)
+
+
+def apply_child(
+    layer: Layer, params: Params, state: State, x: Any, ctx: Context, path: Path
+) -> tuple[Any, State]:
+    """Run ``layer`` inside its parent; every layer call goes through here, so it can be recorded."""
+    recorder = RECORDER.get()
+    if recorder is None:
+        return layer._apply(params, state, x, ctx, path)
+    token = recorder.enter(layer, path, params)
+    y, new_state = layer._apply(params, state, x, ctx, path)
+    recorder.leave(token, y)
+    return y, new_state
 
 
 def shared_names(layer: Layer) -> list[str]:

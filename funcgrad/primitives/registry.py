@@ -116,7 +116,8 @@ class Primitive:
             raise
 
     def _forward(self, static: dict[str, Any], *inputs: Any) -> tuple[Any, Any]:
-        result = self.fn(*inputs, **static)
+        with jax.named_scope(self.name):
+            result = self.fn(*inputs, **static)
         if self.has_residuals:
             if not (isinstance(result, tuple) and len(result) == 2):
                 raise PrimitiveError(
@@ -159,14 +160,17 @@ class Primitive:
             checked.append(dx)
         return checked
 
+    def _named(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` under the primitive's name, which jaxprs (and so `funcgrad.inspect`) show."""
+        fn.__name__ = fn.__qualname__ = self.name
+        return fn
+
     def _build(self, static: dict[str, Any]) -> Callable[..., Any]:
         forward = functools.partial(self._forward, static)
         if self.reverse_only:
             return self._build_vjp(static, forward)
 
-        @jax.custom_jvp
-        def call(*inputs: Any) -> Any:
-            return forward(*inputs)[0]
+        call = jax.custom_jvp(self._named(lambda *inputs: forward(*inputs)[0]))
 
         @functools.partial(call.defjvp, symbolic_zeros=True)
         def call_jvp(inputs: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
@@ -182,13 +186,15 @@ class Primitive:
                 for x, t in zip(inputs, tangents, strict=True)
             ]
             if self._forward_tangent is not None:
-                return output, self._forward_tangent(inputs, output, ts, **static)
+                with jax.named_scope(f"{self.name}.tangent"):
+                    return output, self._forward_tangent(inputs, output, ts, **static)
             live = [i for i, t in enumerate(ts) if t is not None]
             if not live:
                 return output, jax.tree.map(jnp.zeros_like, output)
 
             def vjp(g: Any) -> tuple[Any, ...]:
-                grads = self._gradients(static, inputs, output, g, res)
+                with jax.named_scope(f"{self.name}.backward"):
+                    grads = self._gradients(static, inputs, output, g, res)
                 return tuple(
                     jnp.zeros_like(inputs[i]) if grads[i] is None else grads[i] for i in live
                 )
@@ -213,9 +219,7 @@ class Primitive:
         return call
 
     def _build_vjp(self, static: dict[str, Any], forward: Callable[..., Any]) -> Callable[..., Any]:
-        @jax.custom_vjp
-        def call(*inputs: Any) -> Any:
-            return forward(*inputs)[0]
+        call = jax.custom_vjp(self._named(lambda *inputs: forward(*inputs)[0]))
 
         def call_fwd(*inputs: Any) -> tuple[Any, Any]:
             output, res = forward(*inputs)
@@ -223,7 +227,8 @@ class Primitive:
 
         def call_bwd(saved: Any, g: Any) -> tuple[Any, ...]:
             inputs, output, res = saved
-            return tuple(self._gradients(static, inputs, output, g, res))
+            with jax.named_scope(f"{self.name}.backward"):
+                return tuple(self._gradients(static, inputs, output, g, res))
 
         call.defvjp(call_fwd, call_bwd)
         return call

@@ -1,0 +1,118 @@
+"""What a compiled program costs, in XLA's own figures: FLOPs, bytes accessed, and memory.
+
+`cost` compiles a function for the default backend and reads ``cost_analysis`` and ``memory_analysis``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from funcgrad.inspect._format import human_bytes, human_count, trace
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """XLA's analysis of one compiled program; a figure the backend does not report is ``None``.
+
+    Attributes:
+      flops: floating-point operations of one call (a multiply-add counts 2).
+      transcendentals: exp, log, tanh and the like.
+      bytes_accessed: bytes read and written by all operations, as XLA models it.
+      argument_bytes, output_bytes, alias_bytes: buffers of the arguments and results;
+        ``alias_bytes`` is what outputs reuse of donated arguments.
+      temp_bytes: the scratch buffers XLA allocates for the program (activations kept for
+        the backward pass live here).
+      peak_bytes: the peak of live memory, where the backend reports it (GPU, TPU).
+      code_bytes: the size of the generated code.
+      backend: ``cpu``, ``gpu`` or ``tpu``; device: the device kind.
+    """
+
+    flops: float | None
+    transcendentals: float | None
+    bytes_accessed: float | None
+    argument_bytes: int | None
+    output_bytes: int | None
+    alias_bytes: int | None
+    temp_bytes: int | None
+    peak_bytes: int | None
+    code_bytes: int | None
+    backend: str
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as a plain dict, for JSON."""
+        return dataclasses.asdict(self)
+
+    def to_text(self) -> str:
+        """The figures, one per line, with units."""
+        rows = [
+            ("backend", f"{self.backend} ({self.device})"),
+            ("flops", human_count(self.flops)),
+            ("transcendentals", human_count(self.transcendentals)),
+            ("bytes accessed", human_bytes(self.bytes_accessed)),
+            ("arguments", human_bytes(self.argument_bytes)),
+            ("outputs", human_bytes(self.output_bytes)),
+            ("aliased (donated)", human_bytes(self.alias_bytes)),
+            ("temporaries", human_bytes(self.temp_bytes)),
+            ("peak", human_bytes(self.peak_bytes)),
+            ("generated code", human_bytes(self.code_bytes)),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
+    """Compile ``fn(*args, **kwargs)`` with `jax.jit` (or its own jit) and report XLA's cost figures.
+
+    A function that is already jitted (a `make_step` step, a ``jax.jit`` result) is lowered
+    as it is, so its donation and shardings count. Arguments may be arrays or
+    `jax.ShapeDtypeStruct`; nothing runs.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import inspect
+      >>> c = inspect.cost(lambda w, x: x @ w, jnp.ones((256, 128)), jnp.ones((64, 256)))
+      >>> c.flops == 2 * 64 * 256 * 128
+      True
+    """
+    name = getattr(fn, "__name__", type(fn).__name__)
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    lowered = trace(lambda: jitted.lower(*args, **kwargs), name, "inspect.cost")
+    compiled = lowered.compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jaxlibs return one dict per program
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    memory = compiled.memory_analysis()
+
+    def mem(field: str) -> int | None:
+        value = getattr(memory, field, None)
+        return None if value is None else int(value)
+
+    peak = mem("peak_memory_in_bytes")
+    device = jax.devices()[0]
+    return Cost(
+        flops=_get(analysis, "flops"),
+        transcendentals=_get(analysis, "transcendentals"),
+        bytes_accessed=_get(analysis, "bytes accessed"),
+        argument_bytes=mem("argument_size_in_bytes"),
+        output_bytes=mem("output_size_in_bytes"),
+        alias_bytes=mem("alias_size_in_bytes"),
+        temp_bytes=mem("temp_size_in_bytes"),
+        peak_bytes=peak or None,
+        code_bytes=mem("generated_code_size_in_bytes"),
+        backend=device.platform,
+        device=device.device_kind,
+    )
+
+
+def _get(analysis: dict[str, Any], key: str) -> float | None:
+    value = analysis.get(key)
+    return None if value is None or value < 0 else float(value)
