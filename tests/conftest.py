@@ -1,9 +1,15 @@
 """Test configuration: 64-bit JAX (the seeds' numbers are float64), the examples folder on the path,
-and hypothesis profiles (``--hypothesis-profile=ci`` is the default; ``thorough`` searches longer)."""
+eight simulated CPU devices, and hypothesis profiles (``--hypothesis-profile=ci`` is the default; ``thorough`` searches longer)."""
 
 import os
 import sys
 from pathlib import Path
+
+# Eight simulated CPU devices, so the sharded-training tests run on a mesh; one device's tests are
+# unaffected (arrays land on device 0). Set before JAX starts its CPU backend.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import jax
 from hypothesis import HealthCheck, settings

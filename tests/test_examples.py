@@ -87,3 +87,17 @@ def test_see_the_graph_draws_the_seed_graphs(tmp_path):
 def svg_texts(path):
     root = ET.parse(path).getroot()
     return sorted(t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text)
+
+
+def test_data_parallel_trains_alike_on_one_device_and_on_eight():
+    out = run("data_parallel.py")
+    assert out.startswith("8 cpu devices")
+    lines = [line for line in out.splitlines() if "losses" in line]
+    assert [line.split(":")[0].strip() for line in lines] == ["one device", "data parallel", "fsdp"]
+    finals = {line.split("...")[1].split(";")[0].strip() for line in lines}
+    firsts = {line.split("losses")[1].split("...")[0].strip() for line in lines}
+    assert len(finals) == 1 and len(firsts) == 1, out  # the same losses, to 5 decimals
+    assert "(32, 256) each" in lines[2]  # fsdp: each of 8 devices holds 1/8 of the weight
+
+
+# "multi_host.py" is run by tests/parallel/test_multi_host.py (two processes on loopback).

@@ -17,8 +17,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from funcgrad.errors import FuncgradError
+from funcgrad.parallel.plan import Mesh, Plan, as_plan
 
 FORMAT = "funcgrad-checkpoint-1"
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
@@ -36,6 +38,9 @@ def _encode(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             key_impls[name] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            # Sharded over several hosts: every process joins the gather (save is collective).
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         arrays[name] = np.asarray(leaf)
     return arrays, key_impls
 
@@ -66,6 +71,10 @@ def save(directory: str | os.PathLike[str], step: int, tree: Any, *, keep: int |
     to a temporary file, fsynced and renamed, so a crash leaves the previous checkpoints whole.
     Older checkpoints beyond the newest ``keep`` are deleted only after the new one is on disk.
 
+    Sharded arrays are saved whole. With several processes, every process calls ``save``
+    (arrays spread over hosts are gathered), process 0 writes, and the others wait for it:
+    give them a directory they share.
+
     Example:
       >>> import tempfile, jax.numpy as jnp, funcgrad as fg
       >>> folder = tempfile.mkdtemp()
@@ -81,10 +90,13 @@ def save(directory: str | os.PathLike[str], step: int, tree: Any, *, keep: int |
     if not os.access(directory, os.W_OK):
         raise CheckpointError(f"checkpoint directory {directory} is not writable")
     arrays, key_impls = _encode(tree)
+    target = directory / f"ckpt_{step:09d}.npz"
+    if jax.process_index() != 0:
+        multihost_utils.sync_global_devices(f"funcgrad checkpoint {step}")
+        return target
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)
     data = buffer.getvalue()
-    target = directory / f"ckpt_{step:09d}.npz"
     manifest = {
         "format": FORMAT,
         "step": step,
@@ -104,6 +116,8 @@ def save(directory: str | os.PathLike[str], step: int, tree: Any, *, keep: int |
         for old in steps(directory)[:-keep]:
             for suffix in (".npz", ".json"):
                 (directory / f"ckpt_{old:09d}{suffix}").unlink(missing_ok=True)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"funcgrad checkpoint {step}")
     return target
 
 
@@ -121,9 +135,16 @@ def steps(directory: str | os.PathLike[str]) -> list[int]:
 
 
 def restore(
-    directory: str | os.PathLike[str], template: Any, *, step: int | None = None
+    directory: str | os.PathLike[str],
+    template: Any,
+    *,
+    step: int | None = None,
+    mesh: Mesh | Plan | None = None,
 ) -> tuple[int, Any]:
     """Load checkpoint ``step`` (default: the newest) into the structure of ``template``.
+
+    Leaves are placed as the template's are when those are sharded arrays, or on ``mesh``
+    by its plan's rule when one is given (each process taking the shards it holds).
 
     Returns ``(step, tree)``. Raises `CheckpointError` if there is none, if the file's
     SHA-256 differs from its manifest (truncated or corrupted), or if a leaf's path, shape
@@ -187,4 +208,19 @@ def restore(
             f"checkpoint {step} has leaves the template lacks, first {sorted(arrays)[0]}; it was "
             "saved from another model"
         )
-    return step, jax.tree.unflatten(jax.tree.structure(template), leaves)
+    tree = jax.tree.unflatten(jax.tree.structure(template), leaves)
+    plan = as_plan(mesh)
+    if plan is not None:
+        return step, plan.place(tree)
+    return step, jax.tree.map(_like, tree, template)
+
+
+def _like(value: Any, like: Any) -> Any:
+    """``value`` placed with ``like``'s sharding when that spans more than one device."""
+    sharding = getattr(like, "sharding", None)
+    if sharding is None or len(sharding.device_set) <= 1:
+        return value
+    if jax.process_count() == 1:
+        return jax.device_put(value, sharding)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -23,6 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 from funcgrad.errors import ConfigError
+from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import checkpoint
 from funcgrad.train.data import batches, num_examples
 from funcgrad.train.history import History
@@ -118,6 +119,19 @@ def _epoch_batches(data_key: jax.Array, data: Any, batch_size: int, start: int) 
         epoch, offset = epoch + 1, 0
 
 
+def _local_rows(stream: Iterator[Any], batch_size: int) -> Iterator[Any]:
+    """With several processes, each keeps its own rows of every global batch (all shuffle alike)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        yield from stream
+        return
+    if batch_size % count:
+        raise ConfigError(f"fit: batch_size {batch_size} does not divide over {count} processes")
+    local = batch_size // count
+    for batch in stream:
+        yield jax.tree.map(lambda a: a[index * local : (index + 1) * local], batch)
+
+
 def _prefetched(stream: Iterator[Any], depth: int) -> Iterator[Any]:
     """Yield from ``stream`` while a background thread slices and copies the next ``depth``
     batches to the device."""
@@ -194,6 +208,7 @@ def fit(
     prefetch: int = 0,
     nan_guard: bool = True,
     progress: bool = True,
+    mesh: Mesh | Plan | None = None,
 ) -> FitResult:
     """Train ``params`` on ``data`` with ``optimizer`` for ``steps`` or ``epochs``.
 
@@ -225,6 +240,9 @@ def fit(
       nan_guard: stop at the first non-finite loss or parameter, naming the step, and
         return the last finite parameters.
       progress: show a progress bar (loss, steps/s).
+      mesh: run sharded, as `make_step` does: a `jax.sharding.Mesh` (data parallel) or a
+        `funcgrad.parallel.Plan`. With several processes (`funcgrad.parallel.initialize`),
+        every process passes the same ``data`` and ``key`` and keeps its own rows of each batch.
 
     Returns:
       A `FitResult` with the final ``params``, ``opt_state``, ``model_state``, ``history``,
@@ -285,7 +303,8 @@ def fit(
         if history_file.exists():
             history = History.from_json(history_file.read_text())
 
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
+    plan = as_plan(mesh)
+    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
     one = _make_step(update, nan_guard, takes_key)
 
     def block(carry: tuple[Any, ...], batches: Any, base_key: Any) -> tuple[Any, ...]:
@@ -317,6 +336,10 @@ def fit(
         zero_sums(), no_step,
     )  # fmt: skip
     stream = _epoch_batches(data_key, data, batch_size, start)
+    if plan is not None:
+        carry = (*plan.place(carry[:3], check_rules=True), *plan.place(carry[3:], replicated=True))
+        step_key = plan.place(step_key, replicated=True)
+        stream = _local_rows(stream, batch_size)
     if prefetch:
         stream = _prefetched(stream, prefetch)
     stopped: str | None = None
@@ -332,9 +355,12 @@ def fit(
                 stacked = jax.tree.map(
                     lambda *xs: (np if isinstance(xs[0], np.ndarray) else jnp).stack(xs), *group
                 )
+                if plan is not None:
+                    stacked = plan.put_batch(stacked, axis=1)
                 carry = multi(carry, stacked, step_key)
             else:
-                carry = single(carry, next(stream), step_key)
+                batch = next(stream)
+                carry = single(carry, batch if plan is None else plan.put_batch(batch), step_key)
             params, model_state, opt_state = carry[:3]
             step += k
             at_end = step >= total

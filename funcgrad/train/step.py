@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from funcgrad.errors import ConfigError, ShapeError
+from funcgrad.parallel.plan import Mesh, Plan, as_plan
 
 Metrics = dict[str, Any]
 Update = Callable[[Any, Any, Any, Any, Any], tuple[Any, Any, Any, Metrics]]
@@ -34,14 +35,17 @@ def make_update(
     *,
     has_aux: bool = False,
     has_state: bool = False,
+    mesh: Mesh | Plan | None = None,
 ) -> Update:
     """The un-jitted ``update(params, model_state, opt_state, batch, key)`` behind the steps.
 
     ``loss_fn`` is called as ``loss_fn(params, batch)``, with ``key`` appended when it is
     not None and ``model_state`` inserted after ``params`` when ``has_state``. It returns
     the loss; ``(loss, aux)`` with ``has_aux``; ``(loss, new_state)`` with ``has_state``;
-    ``(loss, (new_state, aux))`` with both.
+    ``(loss, (new_state, aux))`` with both. With ``mesh``, the new parameters and states
+    are constrained to the plan's layout, so a sharded step keeps them where they were.
     """
+    plan = as_plan(mesh)
 
     def update(
         params: Any, model_state: Any, opt_state: Any, batch: Any, key: Any
@@ -63,6 +67,8 @@ def make_update(
         (loss, (new_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
+        if plan is not None:
+            params, new_state, opt_state = plan.constrain((params, new_state, opt_state))
         return params, new_state, opt_state, {"loss": loss, **aux}
 
     return update
@@ -95,6 +101,7 @@ def make_step(
     has_aux: bool = False,
     has_state: bool = False,
     donate: bool = True,
+    mesh: Mesh | Plan | None = None,
 ) -> Callable[..., Any]:
     """A jitted training step over any optax optimizer.
 
@@ -107,6 +114,11 @@ def make_step(
     ``metrics`` is ``{"loss": loss, **aux}``. With ``donate=True`` the parameter and
     optimizer buffers are donated, so XLA updates them in place: do not reuse the arrays
     you passed in. A batch of new shapes recompiles the step, with a warning.
+
+    With ``mesh`` (a `jax.sharding.Mesh`: data parallel; or a `funcgrad.parallel.Plan`:
+    FSDP or tensor-parallel rules) the same step runs sharded: parameters and optimizer
+    state are laid out by the plan (on the first call, if they are not already), each
+    batch is split over the data axis, and XLA's partitioner inserts the collectives.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -123,7 +135,8 @@ def make_step(
       >>> round(float(w), 3)
       2.0
     """
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
+    plan = as_plan(mesh)
+    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
     watch = _ShapeWatch("make_step")
     if has_state:
 
@@ -133,14 +146,50 @@ def make_step(
             watch(batch)
             return update(params, model_state, opt_state, batch, key)
 
-        return jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        return jitted if plan is None else _Sharded(jitted, plan, 3, 0)
 
     def step(params: Any, opt_state: Any, batch: Any, key: Any = None) -> tuple[Any, Any, Metrics]:
         watch(batch)
         params, _, opt_state, metrics = update(params, {}, opt_state, batch, key)
         return params, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    return jitted if plan is None else _Sharded(jitted, plan, 2, 0)
+
+
+class _Sharded:
+    """A jitted step that first lays its arguments out on the plan's mesh.
+
+    The first ``trees`` arguments (parameters and states) go where the plan's rule says,
+    the next (the batch) is split over the data axis, the key is replicated. Arrays
+    already in place are not copied, so after the first step this costs a sharding
+    comparison per leaf.
+    """
+
+    def __init__(self, jitted: Any, plan: Plan, trees: int, batch_axis: int) -> None:
+        self.jitted, self.plan, self.trees, self.batch_axis = jitted, plan, trees, batch_axis
+        self.checked = False
+
+    def _place(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        trees = [
+            self.plan.place(t, check_rules=i == 0 and not self.checked)
+            for i, t in enumerate(args[: self.trees])
+        ]
+        self.checked = True
+        batch = self.plan.put_batch(args[self.trees], self.batch_axis)
+        rest = [
+            None if a is None else self.plan.place(a, replicated=True)
+            for a in args[self.trees + 1 :]
+        ]
+        return (*trees, batch, *rest)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.jitted(*self._place(args))
+
+    def lower(self, *args: Any) -> Any:
+        """Lower the sharded step for these arguments (`funcgrad.inspect.cost` uses it)."""
+        return self.jitted.lower(*self._place(args))
 
 
 def make_multistep(
@@ -151,6 +200,7 @@ def make_multistep(
     has_aux: bool = False,
     has_state: bool = False,
     donate: bool = True,
+    mesh: Mesh | Plan | None = None,
 ) -> Callable[..., Any]:
     """``k`` training steps in one compiled call: `jax.lax.scan` over a stacked block of k batches.
 
@@ -162,7 +212,8 @@ def make_multistep(
 
     One call costs one dispatch instead of k: on small models, where the per-step
     overhead dominates, this is several times faster. Convolutional models on XLA:CPU
-    can be slower scanned than stepped (see docs/training.md).
+    can be slower scanned than stepped (see docs/training.md). ``mesh`` shards it as in
+    `make_step` (each batch of the block split over the data axis).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcgrad as fg
@@ -176,7 +227,8 @@ def make_multistep(
     """
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"make_multistep: k must be a positive int; got {k!r}")
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
+    plan = as_plan(mesh)
+    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
     watch = _ShapeWatch("make_multistep")
 
     def run(params: Any, model_state: Any, opt_state: Any, batches: Any, keys: Any) -> Any:
@@ -205,10 +257,12 @@ def make_multistep(
         ) -> Any:
             return run(params, model_state, opt_state, batches, keys)
 
-        return jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        return jitted if plan is None else _Sharded(jitted, plan, 3, 1)
 
     def multistep(params: Any, opt_state: Any, batches: Any, keys: Any = None) -> Any:
         params, _, opt_state, metrics = run(params, {}, opt_state, batches, keys)
         return params, opt_state, metrics
 
-    return jax.jit(multistep, donate_argnums=(0, 1) if donate else ())
+    jitted = jax.jit(multistep, donate_argnums=(0, 1) if donate else ())
+    return jitted if plan is None else _Sharded(jitted, plan, 2, 1)

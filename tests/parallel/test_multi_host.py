@@ -1,0 +1,61 @@
+"""Two real processes on loopback, two CPU devices each, training together: examples/multi_host.py.
+
+Their parameters must equal a one-process run's. Every process is killed after 240 s at most.
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import multi_host
+import numpy as np
+import optax
+
+from funcgrad import train
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multi_host.py"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one(tmp_path):
+    port, steps = free_port(), 12
+    command = [sys.executable, str(EXAMPLE), "--coordinator", f"127.0.0.1:{port}",
+               "--num-processes", "2", "--steps", str(steps), "--checkpoint-dir", str(tmp_path)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [*command, "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=240)
+            outputs.append(out)
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, out[-3000:]
+        assert f"process {i} of 2: 2 local devices, 4 in all" in out
+    finals = [next(line for line in out.splitlines() if "final loss" in line) for out in outputs]
+    assert finals[0].split(":", 1)[1] == finals[1].split(":", 1)[1]  # both report the same
+
+    loss_fn, _, params, data = multi_host.build()
+    one = train.fit(loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(1), batch_size=64,
+                    steps=steps, progress=False)  # fmt: skip
+    step, together = train.restore(tmp_path, params)
+    assert step == steps
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    assert f"final loss {one.history['loss'][-1]:.4f}" in finals[0]
