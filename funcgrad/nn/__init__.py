@@ -33,6 +33,7 @@ from funcgrad.nn.embedding import Embedding
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
 from funcgrad.nn.norm import BatchNorm, LayerNorm, RMSNorm
 from funcgrad.nn.pool import Pool, avg_pool, max_pool
+from funcgrad.nn.precision import MixedPrecision, mixed_precision
 from funcgrad.nn.reshape import Flatten, Reshape
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Flatten",
     "Layer",
     "LayerNorm",
+    "MixedPrecision",
     "MultiHeadAttention",
     "Parallel",
     "ParamLayer",
@@ -65,6 +67,7 @@ __all__ = [
     "gelu",
     "log_softmax",
     "max_pool",
+    "mixed_precision",
     "parallel",
     "relu",
     "remat",

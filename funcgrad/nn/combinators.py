@@ -123,8 +123,14 @@ class Serial(_Group):
         return x, new_state
 
 
-def serial(*layers: Layer, name: str | None = None) -> Serial:
+def serial(
+    *layers: Layer, name: str | None = None, remat: bool | Callable[..., Any] = False
+) -> Serial:
     """Compose layers in order; parameters are keyed ``{kind}_{position}`` or by each layer's name.
+
+    ``remat=True`` (or a `jax.checkpoint_policies` entry) makes each layer a rematerialised
+    segment: only segment boundaries are stored for the backward pass. Group layers into
+    inner ``serial`` layers for coarser segments. Keys and parameters are unchanged.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -135,6 +141,12 @@ def serial(*layers: Layer, name: str | None = None) -> Serial:
       ['dense_0', 'dense_2']
     """
     _keys(layers, "serial")
+    _check_remat(remat, "serial")
+    if remat is not False:
+        policy = None if remat is True else remat
+        layers = tuple(
+            layer if isinstance(layer, Remat) else Remat(layer, policy) for layer in layers
+        )
     return Serial(tuple(layers), name)
 
 
@@ -293,7 +305,7 @@ class Repeat(Layer):
 
     layer: Layer
     n: int
-    remat: bool = False
+    remat: bool | Callable[..., Any] = False
     name: str | None = None
     kind = "repeat"
 
@@ -333,16 +345,24 @@ class Repeat(Layer):
             y, s = apply_child(self.layer, p, s, carry, dataclasses.replace(ctx, key=key), path)
             return y, s
 
-        step: Callable[..., Any] = jax.checkpoint(body) if self.remat else body
+        step: Callable[..., Any] = body
+        if self.remat is True:
+            step = jax.checkpoint(body)
+        elif callable(self.remat):
+            step = jax.checkpoint(body, policy=self.remat)
         y, new_state = jax.lax.scan(step, x, (jnp.arange(self.n), params, state))
         return y, new_state
 
 
-def repeat(layer: Layer, n: int, *, remat: bool = False, name: str | None = None) -> Repeat:
+def repeat(
+    layer: Layer, n: int, *, remat: bool | Callable[..., Any] = False, name: str | None = None
+) -> Repeat:
     """``n`` copies of ``layer`` in sequence, parameters stacked on a new leading axis.
 
     Applied with `jax.lax.scan`, so compile time does not grow with ``n``; with
-    ``remat=True`` each copy's activations are recomputed in the backward pass.
+    ``remat=True`` each copy's activations are recomputed in the backward pass (only the
+    carry between copies is stored), and ``remat=`` a `jax.checkpoint_policies` entry
+    (say ``dots_with_no_batch_dims_saveable``) saves what the policy names.
     The layer's output must have its input's shape.
 
     Example:
@@ -355,7 +375,15 @@ def repeat(layer: Layer, n: int, *, remat: bool = False, name: str | None = None
     """
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"repeat: n must be a positive int; got {n!r}")
+    _check_remat(remat, "repeat")
     return Repeat(layer, n, remat, name)
+
+
+def _check_remat(remat: Any, where: str) -> None:
+    if not (isinstance(remat, bool) or callable(remat)):
+        raise ConfigError(
+            f"{where}: remat must be True, False or a jax.checkpoint_policies entry; got {remat!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,7 +97,7 @@ def by_path(*patterns: tuple[str, PartitionSpec], default: Rule | str = "replica
       >>> from funcgrad import parallel
       >>> rule = parallel.by_path((r"dense_0/w$", P(None, "model")), (r"dense_2/w$", P("model", None)))
       >>> rule("dense_0/w", (64, 256)), rule("dense_0/b", (256,))
-      (PartitionSpec(None, 'model'), PartitionSpec())
+      (P(None, 'model'), P())
     """
     compiled = []
     for item in patterns:
@@ -307,7 +307,7 @@ def plan(
       >>> p = parallel.plan(parallel.mesh(data=-1), "fsdp")
       >>> params = p.place({"w": jnp.zeros((1024, 8)), "b": jnp.zeros(8)})
       >>> params["b"].sharding.spec
-      PartitionSpec()
+      P()
     """
     if not isinstance(mesh, Mesh):
         raise InputTypeError(
