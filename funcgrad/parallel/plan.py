@@ -306,7 +306,9 @@ def plan(
       >>> from funcgrad import parallel
       >>> p = parallel.plan(parallel.mesh(data=-1), "fsdp")
       >>> params = p.place({"w": jnp.zeros((1024, 8)), "b": jnp.zeros(8)})
-      >>> params["b"].sharding.spec
+      >>> len(params["w"].sharding.device_set) == len(jax.devices())  # split over all of them
+      True
+      >>> p.spec("b", (8,))  # too small to be worth splitting: replicated
       P()
     """
     if not isinstance(mesh, Mesh):
