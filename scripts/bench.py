@@ -76,7 +76,13 @@ class Runner:
 
 
 class JaxRunner(Runner):
-    def __init__(self, fn: Callable[..., Any], state: tuple[Any, ...], batch: tuple[Any, ...], per_call: int = 1):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        state: tuple[Any, ...],
+        batch: tuple[Any, ...],
+        per_call: int = 1,
+    ):
         self.fn, self.state, self.batch, self.per_call = fn, state, batch, per_call
 
     def step(self) -> None:
@@ -118,7 +124,9 @@ def pure_jax(w: dict[str, Any]) -> Runner:
     if w["kind"] == "mlp":
         widths, act = w["widths"], getattr(jnp, w["act"]) if w["act"] == "tanh" else jax.nn.relu
         keys = jax.random.split(key, len(widths) - 1)
-        params: Any = {f"l{i}": dense(keys[i], a, b) for i, (a, b) in enumerate(zip(widths, widths[1:]))}
+        params: Any = {
+            f"l{i}": dense(keys[i], a, b) for i, (a, b) in enumerate(zip(widths, widths[1:]))
+        }
 
         def apply(p: Any, v: Any) -> Any:
             for i in range(len(widths) - 1):
@@ -135,11 +143,15 @@ def pure_jax(w: dict[str, Any]) -> Runner:
         }
 
         def conv(v: Any, p: dict[str, Any]) -> Any:
-            out = jax.lax.conv_general_dilated(v, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            out = jax.lax.conv_general_dilated(
+                v, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
             return out + p["b"]
 
         def pool(v: Any) -> Any:
-            return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            return jax.lax.reduce_window(
+                v, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+            )
 
         def apply(p: Any, v: Any) -> Any:
             v = pool(jax.nn.relu(conv(v, p["c0"])))
@@ -282,7 +294,9 @@ def haiku(w: dict[str, Any]) -> Runner:
             return hk.Linear(10)(v.reshape(v.shape[0], -1))
         d, h = w["d"], w["heads"]
         u = hk.LayerNorm(-1, True, True)(v)
-        v = v + hk.MultiHeadAttention(h, d // h, w_init=hk.initializers.VarianceScaling(1.0), model_size=d)(u, u, u)
+        v = v + hk.MultiHeadAttention(
+            h, d // h, w_init=hk.initializers.VarianceScaling(1.0), model_size=d
+        )(u, u, u)
         u = hk.LayerNorm(-1, True, True)(v)
         return v + hk.Linear(d)(jax.nn.gelu(hk.Linear(4 * d)(u), approximate=False))
 
@@ -303,7 +317,9 @@ def equinox(w: dict[str, Any]) -> Runner:
     if w["kind"] == "mlp":
         widths = w["widths"]
         act = jnp.tanh if w["act"] == "tanh" else jax.nn.relu
-        model: Any = eqx.nn.MLP(widths[0], widths[-1], widths[1], len(widths) - 2, activation=act, key=key)
+        model: Any = eqx.nn.MLP(
+            widths[0], widths[-1], widths[1], len(widths) - 2, activation=act, key=key
+        )
         call = lambda m, v: jax.vmap(m)(v)  # noqa: E731
     elif w["kind"] == "cnn":
         k = jax.random.split(key, 3)
@@ -369,7 +385,9 @@ def nnx_model(w: dict[str, Any]) -> Any:
 
         class MLP(nnx.Module):
             def __init__(self) -> None:
-                self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
+                self.layers = nnx.List(
+                    [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])]
+                )
 
             def __call__(self, v: Any) -> Any:
                 for i, layer in enumerate(self.layers):
@@ -422,7 +440,11 @@ class NNXRunner(Runner):
             optimizer.update(model, grads)
             return loss
 
-        self.fn = nnx.cached_partial(step, model, optimizer) if cached else functools.partial(step, model, optimizer)
+        self.fn = (
+            nnx.cached_partial(step, model, optimizer)
+            if cached
+            else functools.partial(step, model, optimizer)
+        )
 
     def step(self) -> None:
         self.loss = self.fn(self.x, self.y)
@@ -462,7 +484,9 @@ class TorchRunner(Runner):
                     super().__init__()
                     self.ln1, self.ln2 = tnn.LayerNorm(d), tnn.LayerNorm(d)
                     self.att = tnn.MultiheadAttention(d, w["heads"], batch_first=True)
-                    self.mlp = tnn.Sequential(tnn.Linear(d, 4 * d), tnn.GELU(), tnn.Linear(4 * d, d))
+                    self.mlp = tnn.Sequential(
+                        tnn.Linear(d, 4 * d), tnn.GELU(), tnn.Linear(4 * d, d)
+                    )
 
                 def forward(self, v: Any) -> Any:
                     u = self.ln1(v)
@@ -563,7 +587,10 @@ def run(workloads: list[str], variants: list[str], rounds: int, budget: float) -
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    out = {
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
     for dist in ("jax", "jaxlib", "optax", "funcgrad", "flax", "equinox", "dm-haiku", "torch"):
         try:
             out[dist] = importlib.metadata.version(dist)
@@ -607,7 +634,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(12, 5.5))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
-        ys = [row[v]["median_ratio"] if v in row and "median_ratio" in row[v] else np.nan for row in results.values()]
+        ys = [
+            row[v]["median_ratio"] if v in row and "median_ratio" in row[v] else np.nan
+            for row in results.values()
+        ]
         ax.bar(np.arange(len(results)) + i * width, ys, width, label=v)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
@@ -628,12 +658,18 @@ def main() -> None:
     parser.add_argument("--out", help="folder for bench.md, bench.json and bench.png")
     args = parser.parse_args()
     if args.rounds < 5:
-        parser.error("--rounds must be at least 5 (medians of fewer say little on a shared machine)")
+        parser.error(
+            "--rounds must be at least 5 (medians of fewer say little on a shared machine)"
+        )
     workloads = args.workloads.split(",")
     variants = args.variants.split(",")
-    unknown = [w for w in workloads if w not in WORKLOADS] + [v for v in variants if v not in VARIANTS]
+    unknown = [w for w in workloads if w not in WORKLOADS] + [
+        v for v in variants if v not in VARIANTS
+    ]
     if unknown:
-        parser.error(f"unknown workloads or variants {unknown}; have {list(WORKLOADS)} and {list(VARIANTS)}")
+        parser.error(
+            f"unknown workloads or variants {unknown}; have {list(WORKLOADS)} and {list(VARIANTS)}"
+        )
     if "pure JAX" not in variants:
         variants.insert(0, "pure JAX")
     info = versions()
@@ -645,7 +681,9 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.md").write_text(table + "\n")
-        (out / "bench.json").write_text(json.dumps({"versions": info, "results": results}, indent=1))
+        (out / "bench.json").write_text(
+            json.dumps({"versions": info, "results": results}, indent=1)
+        )
         chart(results, out / "bench.png")
 
 

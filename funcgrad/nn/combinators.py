@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
+from funcgrad.nn.conv import loop_body
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -350,7 +351,8 @@ class Repeat(Layer):
             step = jax.checkpoint(body)
         elif callable(self.remat):
             step = jax.checkpoint(body, policy=self.remat)
-        y, new_state = jax.lax.scan(step, x, (jnp.arange(self.n), params, state))
+        with loop_body():
+            y, new_state = jax.lax.scan(step, x, (jnp.arange(self.n), params, state))
         return y, new_state
 
 

@@ -23,6 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 from funcgrad.errors import ConfigError
+from funcgrad.nn.conv import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import checkpoint
 from funcgrad.train.data import batches, num_examples
@@ -308,7 +309,8 @@ def fit(
     one = _make_step(update, nan_guard, takes_key)
 
     def block(carry: tuple[Any, ...], batches: Any, base_key: Any) -> tuple[Any, ...]:
-        return jax.lax.scan(lambda c, b: (one(c, b, base_key), None), carry, batches)[0]
+        with loop_body():
+            return jax.lax.scan(lambda c, b: (one(c, b, base_key), None), carry, batches)[0]
 
     single = jax.jit(one, donate_argnums=(0,))
     multi = jax.jit(block, donate_argnums=(0,))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from funcgrad.errors import ConfigError, ShapeError
+from funcgrad.nn.conv import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 
 Metrics = dict[str, Any]
@@ -245,9 +246,10 @@ def make_multistep(
             p, s, o, metrics = update(p, s, o, batch, key)
             return (p, s, o), metrics
 
-        (params, model_state, opt_state), metrics = jax.lax.scan(
-            body, (params, model_state, opt_state), (batches, keys)
-        )
+        with loop_body():
+            (params, model_state, opt_state), metrics = jax.lax.scan(
+                body, (params, model_state, opt_state), (batches, keys)
+            )
         return params, model_state, opt_state, metrics
 
     if has_state:
