@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -125,7 +126,7 @@ def pure_jax(w: dict[str, Any]) -> Runner:
         widths, act = w["widths"], getattr(jnp, w["act"]) if w["act"] == "tanh" else jax.nn.relu
         keys = jax.random.split(key, len(widths) - 1)
         params: Any = {
-            f"l{i}": dense(keys[i], a, b) for i, (a, b) in enumerate(zip(widths, widths[1:]))
+            f"l{i}": dense(keys[i], a, b) for i, (a, b) in enumerate(itertools.pairwise(widths))
         }
 
         def apply(p: Any, v: Any) -> Any:
@@ -320,7 +321,7 @@ def equinox(w: dict[str, Any]) -> Runner:
         model: Any = eqx.nn.MLP(
             widths[0], widths[-1], widths[1], len(widths) - 2, activation=act, key=key
         )
-        call = lambda m, v: jax.vmap(m)(v)  # noqa: E731
+        call = lambda m, v: jax.vmap(m)(v)
     elif w["kind"] == "cnn":
         k = jax.random.split(key, 3)
 
@@ -337,7 +338,7 @@ def equinox(w: dict[str, Any]) -> Runner:
 
         model = CNN(eqx.nn.Conv2d(1, 32, 3, padding=1, key=k[0]), eqx.nn.Conv2d(32, 64, 3, padding=1, key=k[1]),
                     eqx.nn.Linear(7 * 7 * 64, 10, key=k[2]))  # fmt: skip
-        call = lambda m, v: jax.vmap(m)(jnp.moveaxis(v, -1, 1))  # noqa: E731
+        call = lambda m, v: jax.vmap(m)(jnp.moveaxis(v, -1, 1))
     else:
         d, h = w["d"], w["heads"]
         k = jax.random.split(key, 3)
@@ -359,7 +360,7 @@ def equinox(w: dict[str, Any]) -> Runner:
                       eqx.nn.MultiheadAttention(h, d, use_query_bias=True, use_key_bias=True,
                                                 use_value_bias=True, use_output_bias=True, key=k[0]),
                       eqx.nn.Linear(d, 4 * d, key=k[1]), eqx.nn.Linear(4 * d, d, key=k[2]))  # fmt: skip
-        call = lambda m, v: jax.vmap(m)(v)  # noqa: E731
+        call = lambda m, v: jax.vmap(m)(v)
     opt = optax.adam(LR)
     opt_state = opt.init(eqx.filter(model, eqx.is_array))
 
@@ -386,7 +387,7 @@ def nnx_model(w: dict[str, Any]) -> Any:
         class MLP(nnx.Module):
             def __init__(self) -> None:
                 self.layers = nnx.List(
-                    [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])]
+                    [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)]
                 )
 
             def __call__(self, v: Any) -> Any:
@@ -465,7 +466,7 @@ class TorchRunner(Runner):
         torch.manual_seed(0)
         if w["kind"] == "mlp":
             widths, layers = w["widths"], []
-            for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            for i, (a, b) in enumerate(itertools.pairwise(widths)):
                 layers.append(tnn.Linear(a, b))
                 if i < len(widths) - 2:
                     layers.append(tnn.Tanh() if w["act"] == "tanh" else tnn.ReLU())

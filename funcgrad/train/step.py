@@ -212,8 +212,8 @@ def make_multistep(
     ``(k,)``). The result equals k calls of `make_step` on the same batches and keys.
 
     One call costs one dispatch instead of k: on small models, where the per-step
-    overhead dominates, this is several times faster. Convolutional models on XLA:CPU
-    can be slower scanned than stepped (see docs/training.md). ``mesh`` shards it as in
+    overhead dominates, this is several times faster. Convolutions in the body take their
+    kernel gradient in a form XLA:CPU runs fast in loops (docs/training.md). ``mesh`` shards it as in
     `make_step` (each batch of the block split over the data axis).
 
     Example:
