@@ -21,6 +21,7 @@ from funcgrad.nn.layer import (
     Params,
     Path,
     State,
+    Wrapper,
     apply_child,
     path_key,
     path_str,
@@ -389,27 +390,10 @@ def _check_remat(remat: Any, where: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Remat(Layer):
+class Remat(Wrapper):
     """A layer whose activations are recomputed in the backward pass; made by `remat`."""
 
-    layer: Layer
     policy: Callable[..., Any] | None = None
-
-    def children(self) -> tuple[Layer, ...]:
-        return (self.layer,)
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.layer.kind
-
-    @property
-    def name(self) -> str | None:  # type: ignore[override]
-        return self.layer.name
-
-    def _init(
-        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
-    ) -> tuple[Params, State, Any]:
-        return self.layer._init(key, x, path, shared)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         def run(p: Params, s: State, v: Any, key: Array | None) -> Any:

@@ -195,6 +195,30 @@ def apply_child(
     return y, new_state
 
 
+@dataclasses.dataclass(frozen=True)
+class Wrapper(Layer):
+    """A layer around one other that keeps its key, name and parameter tree (`remat`,
+    `mixed_precision`); subclasses change how it is applied."""
+
+    layer: Layer
+
+    def children(self) -> tuple[Layer, ...]:
+        return (self.layer,)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.layer.kind
+
+    @property
+    def name(self) -> str | None:  # type: ignore[override]
+        return self.layer.name
+
+    def _init(
+        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
+    ) -> tuple[Params, State, Any]:
+        return self.layer._init(key, x, path, shared)
+
+
 def shared_names(layer: Layer) -> list[str]:
     """Names of the `shared` layers anywhere inside ``layer``, whose parameters sit at the top."""
     found: list[str] = []

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, apply_child
+from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, Wrapper, apply_child
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -29,23 +29,11 @@ def _cast(tree: Any, dtype: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class MixedPrecision(Layer):
+class MixedPrecision(Wrapper):
     """A layer run in ``compute`` dtype on parameters stored as they were made; made by `mixed_precision`."""
 
-    layer: Layer
     compute: Any
     output: Any
-
-    def children(self) -> tuple[Layer, ...]:
-        return (self.layer,)
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.layer.kind
-
-    @property
-    def name(self) -> str | None:  # type: ignore[override]
-        return self.layer.name
 
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
