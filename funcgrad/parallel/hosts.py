@@ -12,7 +12,7 @@ from typing import Any
 import jax
 
 from funcgrad.errors import ConfigError
-from funcgrad.train.data import batches
+from funcgrad.train.data import batches, process_rows
 
 _ENV = {
     "coordinator": ("FUNCGRAD_COORDINATOR", "JAX_COORDINATOR_ADDRESS"),
@@ -109,11 +109,5 @@ def process_batches(
     """
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    if global_batch_size % count:
-        raise ConfigError(
-            f"process_batches: global batch size {global_batch_size} does not divide over "
-            f"{count} processes"
-        )
-    local = global_batch_size // count
-    for batch in batches(key, data, global_batch_size):
-        yield jax.tree.map(lambda a: a[index * local : (index + 1) * local], batch)
+    stream = batches(key, data, global_batch_size)
+    yield from process_rows(stream, global_batch_size, index, count, "process_batches")

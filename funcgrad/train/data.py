@@ -79,3 +79,22 @@ def batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield jax.tree.unflatten(treedef, [leaf[start : start + batch_size] for leaf in leaves])
+
+
+def process_rows(
+    stream: Iterator[Any], global_batch_size: int, index: int, count: int, where: str
+) -> Iterator[Any]:
+    """Process ``index`` of ``count``'s own rows of every global batch in ``stream``.
+
+    Every process draws the same global batches (same key, same data) and keeps its slice.
+    """
+    if count == 1:
+        yield from stream
+        return
+    if global_batch_size % count:
+        raise ConfigError(
+            f"{where}: global batch size {global_batch_size} does not divide over {count} processes"
+        )
+    local = global_batch_size // count
+    for batch in stream:
+        yield jax.tree.map(lambda a: a[index * local : (index + 1) * local], batch)

@@ -26,7 +26,7 @@ from funcgrad.errors import ConfigError
 from funcgrad.nn.conv import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import checkpoint
-from funcgrad.train.data import batches, num_examples
+from funcgrad.train.data import batches, num_examples, process_rows
 from funcgrad.train.history import History
 from funcgrad.train.step import make_update
 
@@ -118,19 +118,6 @@ def _epoch_batches(data_key: jax.Array, data: Any, batch_size: int, start: int) 
         epoch_key = jax.random.fold_in(data_key, epoch)
         yield from itertools.islice(batches(epoch_key, data, batch_size), offset, None)
         epoch, offset = epoch + 1, 0
-
-
-def _local_rows(stream: Iterator[Any], batch_size: int) -> Iterator[Any]:
-    """With several processes, each keeps its own rows of every global batch (all shuffle alike)."""
-    count, index = jax.process_count(), jax.process_index()
-    if count == 1:
-        yield from stream
-        return
-    if batch_size % count:
-        raise ConfigError(f"fit: batch_size {batch_size} does not divide over {count} processes")
-    local = batch_size // count
-    for batch in stream:
-        yield jax.tree.map(lambda a: a[index * local : (index + 1) * local], batch)
 
 
 def _prefetched(stream: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -341,7 +328,8 @@ def fit(
     if plan is not None:
         carry = (*plan.place(carry[:3], check_rules=True), *plan.place(carry[3:], replicated=True))
         step_key = plan.place(step_key, replicated=True)
-        stream = _local_rows(stream, batch_size)
+        count, index = jax.process_count(), jax.process_index()
+        stream = process_rows(stream, batch_size, index, count, "fit")
     if prefetch:
         stream = _prefetched(stream, prefetch)
     stopped: str | None = None
