@@ -164,6 +164,15 @@ class Plan:
     batch_axis: str | tuple[str, ...] = "data"
     _cache: dict[Any, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Checked once here, not on every batch.
+        for a in self.batch_axis if isinstance(self.batch_axis, tuple) else (self.batch_axis,):
+            if a not in self.mesh.shape:
+                raise ConfigError(
+                    f"parallel.plan: batch axis '{a}' is not an axis of the mesh "
+                    f"{tuple(self.mesh.axis_names)}"
+                )
+
     def spec(self, path: str, shape: tuple[int, ...]) -> PartitionSpec:
         """The partition spec of one leaf, checked against the mesh and the leaf's shape."""
         fsdp_axis = getattr(self.rule, "fsdp_axis", None)
@@ -237,8 +246,8 @@ class Plan:
         Works across hosts: each process provides the shards it holds from its own full copy.
         """
         if replicated:
-            return jax.tree.map(lambda x: _put(x, self.replicated), tree)
-        return jax.tree.map(_put, tree, self.shardings(tree, check_rules=check_rules))
+            return jax.tree.map(lambda x: put(x, self.replicated), tree)
+        return jax.tree.map(put, tree, self.shardings(tree, check_rules=check_rules))
 
     def batch_sharding(self, batch: Any, axis: int = 0) -> Any:
         """Every leaf of a batch split along its example axis (``axis``) over ``batch_axis``."""
@@ -258,11 +267,6 @@ class Plan:
         is the example axis (1 for a block of stacked batches, as `make_multistep` takes).
         """
         axes = self.batch_axis if isinstance(self.batch_axis, tuple) else (self.batch_axis,)
-        for a in axes:
-            if a not in self.mesh.shape:
-                raise ConfigError(
-                    f"batch axis '{a}' is not an axis of the mesh {tuple(self.mesh.axis_names)}"
-                )
         n = math.prod(self.mesh.shape[a] for a in axes)
         procs = jax.process_count()
         shardings = self.batch_sharding(batch, axis)
@@ -315,14 +319,7 @@ def plan(
         raise InputTypeError(
             f"parallel.plan: expected a jax.sharding.Mesh; got {type(mesh).__name__}"
         )
-    p = Plan(mesh, _as_rule(rule), batch_axis)
-    axes = batch_axis if isinstance(batch_axis, tuple) else (batch_axis,)
-    for a in axes:
-        if a not in mesh.shape:
-            raise ConfigError(
-                f"parallel.plan: batch axis '{a}' is not an axis of the mesh {tuple(mesh.axis_names)}"
-            )
-    return p
+    return Plan(mesh, _as_rule(rule), batch_axis)
 
 
 def as_plan(mesh: Mesh | Plan | None) -> Plan | None:
@@ -336,25 +333,28 @@ def as_plan(mesh: Mesh | Plan | None) -> Plan | None:
     )
 
 
-def _placed(x: Any, sharding: NamedSharding) -> bool:
+def _placed(x: Any, sharding: jax.sharding.Sharding) -> bool:
     """Is ``x`` already laid out as ``sharding`` says (``P('d')`` and ``P('d', None)`` alike)?"""
     if not isinstance(x, jax.Array):
         return False
     return x.sharding == sharding or x.sharding.is_equivalent_to(sharding, x.ndim)
 
 
-def _put(x: Any, sharding: NamedSharding) -> Any:
+def put(x: Any, sharding: jax.sharding.Sharding, *, copy: bool = True) -> Any:
+    """``x`` laid out as ``sharding``, on one host or many (each process giving its own shards).
+
+    With ``copy`` (the default), the result never shares a buffer with ``x``: a step donates
+    what it is given, and device_put onto a mesh reuses the source buffer for the shard on the
+    same device, even with may_alias=False (seen in JAX 0.10).
+    """
     if _placed(x, sharding):
         return x
     if jax.process_count() == 1:
-        # Never alias the caller's buffer, since the step donates what it is given: device_put
-        # onto a mesh reuses the source buffer for the shard on the same device, even with
-        # may_alias=False (seen in JAX 0.10), so copy first.
-        if isinstance(x, jax.Array):
+        if copy and isinstance(x, jax.Array):
             x = jnp.array(x, copy=True)
         return jax.device_put(x, sharding)
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        data = _put(jax.random.key_data(x), sharding)
+        data = put(jax.random.key_data(x), sharding)
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

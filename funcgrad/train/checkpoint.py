@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from funcgrad.errors import FuncgradError
-from funcgrad.parallel.plan import Mesh, Plan, as_plan
+from funcgrad.parallel.plan import Mesh, Plan, as_plan, put
 
 FORMAT = "funcgrad-checkpoint-1"
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
@@ -220,7 +220,4 @@ def _like(value: Any, like: Any) -> Any:
     sharding = getattr(like, "sharding", None)
     if sharding is None or len(sharding.device_set) <= 1:
         return value
-    if jax.process_count() == 1:
-        return jax.device_put(value, sharding)
-    host = np.asarray(value)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return put(value, sharding, copy=False)  # value is this restore's own fresh array
