@@ -126,7 +126,8 @@ class Graph:
 
         In the backward pass the gradients of these uses add up: the seeds' shared weights.
         """
-        uses = Counter(e.src for e in self.edges if self.node(e.dst).kind != "output")
+        outputs = {n.id for n in self.nodes if n.kind == "output"}
+        uses = Counter(e.src for e in self.edges if e.dst not in outputs)
         return {k: v for k, v in uses.items() if v > 1}
 
     # -- renderings -------------------------------------------------------------------------
@@ -148,11 +149,13 @@ class Graph:
         operands: dict[str, list[str]] = defaultdict(list)
         for e in self.edges:
             operands[e.dst].append(e.src if e.index == 0 else f"{e.src}.{e.index}")
-        depth = {c.id: self._depth(c.id) for c in self.clusters}
         label = {c.id: c.label for c in self.clusters}
         width = max((len(n.id) for n in self.nodes), default=2)
         lines = [f"graph {self.name}: {len(self.nodes)} nodes, {len(self.edges)} edges"]
         parent = {c.id: c.parent for c in self.clusters}
+        depth: dict[str | None, int] = {None: -1}
+        for cl in self.clusters:  # parents come before their children
+            depth[cl.id] = depth[cl.parent] + 1
         phase: str | None = None
         opened: list[str] = []
         for n in self.nodes:
@@ -289,13 +292,6 @@ class Graph:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
-
-    def _depth(self, cluster: str | None) -> int:
-        parents = {c.id: c.parent for c in self.clusters}
-        d = 0
-        while cluster is not None:
-            cluster, d = parents[cluster], d + 1
-        return d - 1
 
 
 def graph(
