@@ -40,3 +40,7 @@ class TraceError(FuncgradError, TypeError):
 
 class MissingToolError(FuncgradError, RuntimeError):
     """An optional outside program or package (Graphviz's ``dot``, say) is not installed."""
+
+
+class DonatedError(FuncgradError, ValueError):
+    """An array was used again after a step donated it (its buffer now holds the step's result)."""

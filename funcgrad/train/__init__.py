@@ -1,14 +1,27 @@
 """Training: jitted steps over optax, fused multi-step loops, batching, per-example gradients, fit, checkpoints."""
 
-from funcgrad.train.checkpoint import CheckpointError, restore, save, steps
+from funcgrad.train.checkpoint import CheckpointError, load_params, restore, save, steps
 from funcgrad.train.data import batches, num_examples
 from funcgrad.train.history import History
-from funcgrad.train.loop import EarlyStopping, FitResult, fit
+from funcgrad.train.hooks import (
+    Checkpoint,
+    EarlyStopping,
+    Evaluate,
+    Hook,
+    LogMetrics,
+    Progress,
+    Run,
+    restore_state,
+)  # fmt: skip
+from funcgrad.train.loop import FitResult, fit
 from funcgrad.train.per_example import global_norms, per_example_grads
-from funcgrad.train.step import make_multistep, make_step, make_update
+from funcgrad.train.state import NanGuardState, TrainState, nan_guard, nonfinite_step
+from funcgrad.train.step import Step, make_multistep, make_step, make_update
 
 __all__ = [
-    "CheckpointError", "EarlyStopping", "FitResult", "History", "batches", "fit", "global_norms",
-    "make_multistep", "make_step", "make_update", "num_examples", "per_example_grads", "restore",
-    "save", "steps",
+    "Checkpoint", "CheckpointError", "EarlyStopping", "Evaluate", "FitResult", "History", "Hook",
+    "LogMetrics", "NanGuardState", "Progress", "Run", "Step", "TrainState", "batches", "fit",
+    "global_norms", "load_params", "make_multistep", "make_step", "make_update", "nan_guard",
+    "nonfinite_step", "num_examples", "per_example_grads", "restore", "restore_state", "save",
+    "steps",
 ]  # fmt: skip

@@ -147,10 +147,20 @@ def restore(
     by its plan's rule when one is given (each process taking the shards it holds).
 
     Returns ``(step, tree)``. Raises `CheckpointError` if there is none, if the file's
-    SHA-256 differs from its manifest (truncated or corrupted), or if a leaf's path, shape
-    or dtype differs from the template's (naming the first one). The file is read with
-    ``allow_pickle=False``: loading never runs code.
+    SHA-256 differs from its manifest (truncated or corrupted), or if the saved leaves and
+    the template's differ, listing every missing, extra, mis-shaped or mis-typed path (and
+    saying which are parameters and which optimizer state). The file is read with
+    ``allow_pickle=False``: loading never runs code. To get trained weights back from a
+    checkpoint `fit` wrote, use `load_params`.
     """
+    step, arrays, manifest = _read(directory, step)
+    return step, _build(arrays, manifest, template, step, directory, mesh)
+
+
+def _read(
+    directory: str | os.PathLike[str], step: int | None
+) -> tuple[int, dict[str, np.ndarray], dict[str, Any]]:
+    """Checkpoint ``step`` (default: the newest) of ``directory``, checked: its arrays and manifest."""
     directory = Path(directory)
     available = steps(directory)
     if not available:
@@ -182,37 +192,36 @@ def restore(
         raise CheckpointError(
             f"{path} holds something other than plain arrays ({err}); refused"
         ) from err
+    return step, arrays, manifest
+
+
+def _build(
+    arrays: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    template: Any,
+    step: int,
+    directory: str | os.PathLike[str],
+    mesh: Mesh | Plan | None = None,
+) -> Any:
+    """The template's tree filled with ``arrays``, checked, typed keys rewrapped, placed."""
+    problems = _mismatches(arrays, template)
+    if problems:
+        raise CheckpointError(f"checkpoint {step} in {directory} does not fit: {problems}")
     leaves = []
     for path_keys, like in jax.tree_util.tree_leaves_with_path(template):
         name = jax.tree_util.keystr(path_keys) or "<root>"
-        if name not in arrays:
-            raise CheckpointError(
-                f"checkpoint {step} has no leaf {name}, which the template has; it was saved "
-                f"from another model (its leaves: {sorted(arrays)[:5]}...)"
+        value = arrays[name]
+        if _is_key(like):
+            leaves.append(
+                jax.random.wrap_key_data(jnp.asarray(value), impl=manifest["prng_keys"][name])
             )
-        value = arrays.pop(name)
-        is_key = isinstance(like, jax.Array) and jnp.issubdtype(like.dtype, jax.dtypes.prng_key)
-        want_shape = jax.random.key_data(like).shape if is_key else jnp.shape(like)
-        want_dtype = jax.random.key_data(like).dtype if is_key else jnp.result_type(like)
-        if value.shape != tuple(want_shape) or value.dtype != want_dtype:
-            raise CheckpointError(
-                f"checkpoint {step}, leaf {name}: saved {value.dtype}{list(value.shape)}, the "
-                f"template expects {want_dtype}{list(want_shape)}"
-            )
-        if is_key:
-            leaves.append(jax.random.wrap_key_data(value, impl=manifest["prng_keys"][name]))
         else:
             leaves.append(jnp.asarray(value))
-    if arrays:
-        raise CheckpointError(
-            f"checkpoint {step} has leaves the template lacks, first {sorted(arrays)[0]}; it was "
-            "saved from another model"
-        )
     tree = jax.tree.unflatten(jax.tree.structure(template), leaves)
     plan = as_plan(mesh)
     if plan is not None:
-        return step, plan.place(tree)
-    return step, jax.tree.map(_like, tree, template)
+        return plan.place(tree)
+    return jax.tree.map(_like, tree, template)
 
 
 def _like(value: Any, like: Any) -> Any:
@@ -221,3 +230,105 @@ def _like(value: Any, like: Any) -> Any:
     if sharding is None or len(sharding.device_set) <= 1:
         return value
     return put(value, sharding, copy=False)  # value is this restore's own fresh array
+
+
+def _is_key(like: Any) -> bool:
+    return isinstance(like, jax.Array) and jnp.issubdtype(like.dtype, jax.dtypes.prng_key)
+
+
+_PARTS = {
+    "['params']": "parameters",
+    "['opt_state']": "optimizer state",
+    "['model_state']": "model state",
+}
+
+
+def _mismatches(arrays: dict[str, np.ndarray], template: Any) -> str:
+    """Every difference between the saved leaves and the template's, grouped; "" if none."""
+    wanted: dict[str, tuple[tuple[int, ...], Any]] = {}
+    for path_keys, like in jax.tree_util.tree_leaves_with_path(template):
+        name = jax.tree_util.keystr(path_keys) or "<root>"
+        data = jax.random.key_data(like) if _is_key(like) else like
+        wanted[name] = (tuple(jnp.shape(data)), jnp.result_type(data))
+    missing = [n for n in wanted if n not in arrays]
+    extra = [n for n in arrays if n not in wanted]
+    shaped = [
+        f"{n} (saved {arrays[n].dtype}{list(arrays[n].shape)}, expected {w[1]}{list(w[0])})"
+        for n, w in wanted.items()
+        if n in arrays and (arrays[n].shape != w[0] or arrays[n].dtype != w[1])
+    ]
+    lines = []
+    for label, names in (
+        ("the checkpoint has no leaf", missing),
+        ("the template has no leaf", extra),
+        ("shape or dtype differs for", shaped),
+    ):
+        if names:
+            parts = ", ".join(sorted({_part(n) for n in names}))
+            lines.append(f"{label} {_listing(names)} ({parts})")
+    return "; ".join(lines)
+
+
+def _part(name: str) -> str:
+    for prefix, label in _PARTS.items():
+        if name.startswith(prefix):
+            return label
+    return "other leaves"
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", and {len(names) - most} more" if len(names) > most else "")
+
+
+def load_params(
+    directory: str | os.PathLike[str], like: Any = None, *, step: int | None = None
+) -> Any:
+    """The trained parameters in a checkpoint `fit` wrote (or in any checkpoint of a parameter tree).
+
+    `fit` saves ``{"params", "opt_state", "model_state", "step", "key", "sums"}`` (see
+    docs/training.md); this reads only ``params``. With ``like`` (a parameter tree, e.g.
+    ``model.init(...)`` or its `jax.eval_shape`), the result has its structure and every
+    difference is listed; without it, the nested dicts are rebuilt from the saved key
+    paths. A checkpoint of a bare tree (saved with `save`) is read whole.
+
+    Example:
+      >>> import tempfile, jax.numpy as jnp, funcgrad as fg
+      >>> folder = tempfile.mkdtemp()
+      >>> _ = fg.train.save(folder, 3, {"params": {"dense_0": {"w": jnp.arange(2.0)}}, "step": 3})
+      >>> fg.train.load_params(folder)["dense_0"]["w"].tolist()
+      [0.0, 1.0]
+    """
+    step, arrays, manifest = _read(directory, step)
+    prefix = "['params']"
+    if any(n == prefix or n.startswith(prefix + "[") for n in arrays):
+        arrays = {
+            n[len(prefix) :] or "<root>": a for n, a in arrays.items() if n.startswith(prefix)
+        }
+        keys = manifest.get("prng_keys", {})
+        manifest = {**manifest, "prng_keys": {k[len(prefix) :]: v for k, v in keys.items()}}
+    if like is not None:
+        return _build(arrays, manifest, like, step, directory)
+    return _nest(arrays, step, directory)
+
+
+_DICT_KEY = re.compile(r"\['((?:[^'\\]|\\.)*)'\]")
+
+
+def _nest(arrays: dict[str, np.ndarray], step: int, directory: Any) -> Any:
+    """Nested dicts rebuilt from ``['a']['b']`` key paths."""
+    if set(arrays) == {"<root>"}:
+        return jnp.asarray(arrays["<root>"])
+    tree: dict[str, Any] = {}
+    for name, value in sorted(arrays.items()):
+        keys = _DICT_KEY.findall(name)
+        if not keys or "".join(f"[{k!r}]" for k in keys) != name:
+            raise CheckpointError(
+                f"checkpoint {step} in {directory}: leaf {name} is not under dict keys; pass "
+                "like= (the parameter tree, e.g. model.init(...)) to load it"
+            )
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = jnp.asarray(value)
+    return tree

@@ -1,10 +1,11 @@
 """Jitted training steps: value_and_grad of a loss, then an optax update, in one XLA program.
 
-`make_step` does one step a call; `make_multistep` scans k steps in one call. Nothing of funcgrad runs per step.
+`make_step` does one step a call; `make_multistep` scans k steps in one call; both take a `TrainState`.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from funcgrad.errors import ConfigError, ShapeError
+from funcgrad.errors import ConfigError, DonatedError, ShapeError
 from funcgrad.nn.conv import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
+from funcgrad.train.state import TrainState, accumulate, nonfinite_step
 
 Metrics = dict[str, Any]
 Update = Callable[[Any, Any, Any, Any, Any], tuple[Any, Any, Any, Metrics]]
@@ -43,7 +45,8 @@ def make_update(
     ``loss_fn`` is called as ``loss_fn(params, batch)``, with ``key`` appended when it is
     not None and ``model_state`` inserted after ``params`` when ``has_state``. It returns
     the loss; ``(loss, aux)`` with ``has_aux``; ``(loss, new_state)`` with ``has_state``;
-    ``(loss, (new_state, aux))`` with both. With ``mesh``, the new parameters and states
+    ``(loss, (new_state, aux))`` with both. An optimizer that takes extra arguments
+    (`optax.GradientTransformationExtraArgs`, e.g. `nan_guard`) gets the loss as ``value``. With ``mesh``, the new parameters and states
     are constrained to the plan's layout, so a sharded step keeps them where they were.
     """
     plan = as_plan(mesh)
@@ -66,13 +69,29 @@ def make_update(
             return _scalar_loss(loss), (new_state, dict(aux))
 
         (loss, (new_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+            # The loss goes along as ``value`` (nan_guard checks it; reduce_on_plateau uses it).
+            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss)
+        else:
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if plan is not None:
             params, new_state, opt_state = plan.constrain((params, new_state, opt_state))
         return params, new_state, opt_state, {"loss": loss, **aux}
 
     return update
+
+
+def takes_key(loss_fn: Callable[..., Any], has_state: bool = False) -> bool:
+    """Whether ``loss_fn`` has a positional parameter for a PRNG key after the batch."""
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) > (3 if has_state else 2)
 
 
 class _ShapeWatch:
@@ -95,6 +114,94 @@ class _ShapeWatch:
             self.seen = shapes
 
 
+def _state_update(update: Update, with_key: bool) -> Callable[[TrainState, Any], Any]:
+    """One step on a `TrainState`: its key, its update, its running metric sums."""
+
+    def run(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+        key = state.step_key() if with_key else None
+        params, model_state, opt_state, metrics = update(
+            state.params, state.model_state, state.opt_state, batch, key
+        )
+        bad = nonfinite_step(opt_state)
+        take = jnp.asarray(True) if bad is None else bad < 0
+        new = TrainState(
+            params, opt_state, model_state, state.step + 1, state.key,
+            accumulate(state.sums, metrics, take),
+        )  # fmt: skip
+        return new, metrics
+
+    return run
+
+
+class Step:
+    """A compiled training step: call it on a `TrainState` or on the arrays themselves.
+
+    ``step(state, batch) -> (state, metrics)``, or
+    ``step(params, opt_state, batch, key=None) -> (params, opt_state, metrics)`` (with
+    ``model_state`` after ``params`` when the step has state). Each form is one ``jax.jit``
+    function (``.on_state``, ``.on_arrays``) with its buffers donated; this wrapper picks
+    one, lays the arguments out on the plan's mesh when there is one, and turns XLA's
+    "buffer deleted" error into one that says the step donated them.
+    """
+
+    def __init__(
+        self, what: str, on_arrays: Any, on_state: Any, plan: Plan | None, trees: int, axis: int
+    ) -> None:
+        self.what, self.on_arrays, self.on_state = what, on_arrays, on_state
+        self.plan, self.trees, self.batch_axis = plan, trees, axis
+        self.checked = False
+
+    def _place(self, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        if isinstance(args[0], TrainState):
+            fn, trees = self.on_state, 1
+        else:
+            fn, trees = self.on_arrays, self.trees
+        if self.plan is None:
+            return fn, args
+        placed = [self._place_tree(t, i == 0) for i, t in enumerate(args[:trees])]
+        self.checked = True
+        batch = self.plan.put_batch(args[trees], self.batch_axis)
+        rest = [
+            None if a is None else self.plan.place(a, replicated=True) for a in args[trees + 1 :]
+        ]
+        return fn, (*placed, batch, *rest)
+
+    def _place_tree(self, tree: Any, first: bool) -> Any:
+        assert self.plan is not None
+        check = first and not self.checked
+        if isinstance(tree, TrainState):
+            return place_state(self.plan, tree, check_rules=check)
+        return self.plan.place(tree, check_rules=check)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn, args = self._place(args)
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, RuntimeError) as err:
+            if "deleted" not in str(err) and "donated" not in str(err):
+                raise
+            raise DonatedError(
+                f"{self.what}: an argument was already donated to an earlier call of this step "
+                "(its buffers now hold that call's results). Pass the state the step returned "
+                "(params, opt_state = step(params, opt_state, batch)), or make the step with "
+                "donate=False to keep your arrays"
+            ) from err
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        """Lower the step for these arguments (`funcgrad.inspect.cost` uses it)."""
+        fn, args = self._place(args)
+        return fn.lower(*args, **kwargs)
+
+
+def place_state(plan: Plan, state: TrainState, *, check_rules: bool = False) -> TrainState:
+    """A `TrainState` on ``plan``'s mesh: parameters and states by its rule, the rest replicated."""
+    params, opt_state, model_state = plan.place(
+        (state.params, state.opt_state, state.model_state), check_rules=check_rules
+    )
+    step, key, sums = plan.place((state.step, state.key, state.sums), replicated=True)
+    return TrainState(params, opt_state, model_state, step, key, sums)
+
+
 def make_step(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
@@ -103,18 +210,22 @@ def make_step(
     has_state: bool = False,
     donate: bool = True,
     mesh: Mesh | Plan | None = None,
-) -> Callable[..., Any]:
+) -> Step:
     """A jitted training step over any optax optimizer.
 
-    ``step(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``, or with
+    ``step(state, batch) -> (state, metrics)`` on a `TrainState`: the key of each step is
+    drawn from ``state.key`` and ``state.step`` when ``loss_fn`` takes one, and the
+    metrics are added to ``state.sums``. Or on the arrays:
+    ``step(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``, with
     ``has_state=True`` (batch-norm statistics)
     ``step(params, model_state, opt_state, batch, key=None) -> (params, model_state, opt_state, metrics)``.
 
     ``loss_fn(params, batch)`` (``loss_fn(params, model_state, batch)`` with state; ``key``
     appended when the step gets one) returns a scalar, or a tuple as `make_update` says.
-    ``metrics`` is ``{"loss": loss, **aux}``. With ``donate=True`` the parameter and
-    optimizer buffers are donated, so XLA updates them in place: do not reuse the arrays
-    you passed in. A batch of new shapes recompiles the step, with a warning.
+    ``metrics`` is ``{"loss": loss, **aux}``. With ``donate=True`` the state's buffers are
+    donated, so XLA updates them in place: use the ones the step returns, not the ones you
+    passed in (passing those again raises `DonatedError`). A batch of new shapes
+    recompiles the step, with a warning.
 
     With ``mesh`` (a `jax.sharding.Mesh`: data parallel; or a `funcgrad.parallel.Plan`:
     FSDP or tensor-parallel rules) the same step runs sharded: parameters and optimizer
@@ -139,6 +250,13 @@ def make_step(
     plan = as_plan(mesh)
     update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
     watch = _ShapeWatch("make_step")
+    on_state = _state_update(update, takes_key(loss_fn, has_state))
+
+    def state_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
+        watch(batch)
+        return on_state(state, batch)
+
+    jit_state = jax.jit(state_step, donate_argnums=(0,) if donate else ())
     if has_state:
 
         def stateful(
@@ -148,7 +266,7 @@ def make_step(
             return update(params, model_state, opt_state, batch, key)
 
         jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
-        return jitted if plan is None else _Sharded(jitted, plan, 3, 0)
+        return Step("make_step", jitted, jit_state, plan, 3, 0)
 
     def step(params: Any, opt_state: Any, batch: Any, key: Any = None) -> tuple[Any, Any, Metrics]:
         watch(batch)
@@ -156,41 +274,7 @@ def make_step(
         return params, opt_state, metrics
 
     jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
-    return jitted if plan is None else _Sharded(jitted, plan, 2, 0)
-
-
-class _Sharded:
-    """A jitted step that first lays its arguments out on the plan's mesh.
-
-    The first ``trees`` arguments (parameters and states) go where the plan's rule says,
-    the next (the batch) is split over the data axis, the key is replicated. Arrays
-    already in place are not copied, so after the first step this costs a sharding
-    comparison per leaf.
-    """
-
-    def __init__(self, jitted: Any, plan: Plan, trees: int, batch_axis: int) -> None:
-        self.jitted, self.plan, self.trees, self.batch_axis = jitted, plan, trees, batch_axis
-        self.checked = False
-
-    def _place(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        trees = [
-            self.plan.place(t, check_rules=i == 0 and not self.checked)
-            for i, t in enumerate(args[: self.trees])
-        ]
-        self.checked = True
-        batch = self.plan.put_batch(args[self.trees], self.batch_axis)
-        rest = [
-            None if a is None else self.plan.place(a, replicated=True)
-            for a in args[self.trees + 1 :]
-        ]
-        return (*trees, batch, *rest)
-
-    def __call__(self, *args: Any) -> Any:
-        return self.jitted(*self._place(args))
-
-    def lower(self, *args: Any) -> Any:
-        """Lower the sharded step for these arguments (`funcgrad.inspect.cost` uses it)."""
-        return self.jitted.lower(*self._place(args))
+    return Step("make_step", jitted, jit_state, plan, 2, 0)
 
 
 def make_multistep(
@@ -202,9 +286,11 @@ def make_multistep(
     has_state: bool = False,
     donate: bool = True,
     mesh: Mesh | Plan | None = None,
-) -> Callable[..., Any]:
+) -> Step:
     """``k`` training steps in one compiled call: `jax.lax.scan` over a stacked block of k batches.
 
+    ``multistep(state, batches) -> (state, metrics)`` on a `TrainState` (keys drawn per
+    step as `make_step` draws them), or on the arrays
     ``multistep(params, opt_state, batches, keys=None) -> (params, opt_state, metrics)``
     (with ``has_state``, ``model_state`` after ``params``, as in `make_step`). Every leaf
     of ``batches`` has a leading axis of size ``k``; ``keys``, if given, is an array of k
@@ -231,14 +317,23 @@ def make_multistep(
     plan = as_plan(mesh)
     update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
     watch = _ShapeWatch("make_multistep")
+    on_state = _state_update(update, takes_key(loss_fn, has_state))
 
-    def run(params: Any, model_state: Any, opt_state: Any, batches: Any, keys: Any) -> Any:
+    def check(batches: Any) -> None:
         watch(batches)
         sizes = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree.leaves(batches)}
         if sizes != {k}:
             raise ShapeError(
                 f"make_multistep: every leaf of batches needs a leading axis of k={k}; got {sizes}"
             )
+
+    def state_steps(state: TrainState, batches: Any) -> tuple[TrainState, Metrics]:
+        check(batches)
+        with loop_body():
+            return jax.lax.scan(on_state, state, batches)
+
+    def run(params: Any, model_state: Any, opt_state: Any, batches: Any, keys: Any) -> Any:
+        check(batches)
 
         def body(carry: Any, xs: Any) -> tuple[Any, Metrics]:
             p, s, o = carry
@@ -252,6 +347,7 @@ def make_multistep(
             )
         return params, model_state, opt_state, metrics
 
+    jit_state = jax.jit(state_steps, donate_argnums=(0,) if donate else ())
     if has_state:
 
         def stateful(
@@ -260,11 +356,11 @@ def make_multistep(
             return run(params, model_state, opt_state, batches, keys)
 
         jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
-        return jitted if plan is None else _Sharded(jitted, plan, 3, 1)
+        return Step("make_multistep", jitted, jit_state, plan, 3, 1)
 
     def multistep(params: Any, opt_state: Any, batches: Any, keys: Any = None) -> Any:
         params, _, opt_state, metrics = run(params, {}, opt_state, batches, keys)
         return params, opt_state, metrics
 
     jitted = jax.jit(multistep, donate_argnums=(0, 1) if donate else ())
-    return jitted if plan is None else _Sharded(jitted, plan, 2, 1)
+    return Step("make_multistep", jitted, jit_state, plan, 2, 1)
