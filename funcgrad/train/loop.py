@@ -20,6 +20,7 @@ import optax
 
 from funcgrad.errors import ConfigError
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
+from funcgrad.train import state as states
 from funcgrad.train.data import batches, num_examples, process_rows
 from funcgrad.train.history import History
 from funcgrad.train.hooks import (
@@ -199,7 +200,7 @@ def fit(
     has_state = model_state is not None
     plan = as_plan(mesh)
     if nan_guard and not isinstance(jax.eval_shape(optimizer.init, params), NanGuardState):
-        optimizer = globals()["nan_guard"](optimizer)
+        optimizer = states.nan_guard(optimizer)
     if opt_state is not None and nan_guard and not isinstance(opt_state, NanGuardState):
         zero = jnp.zeros((), jnp.int32)
         opt_state = NanGuardState(opt_state, zero, zero - 1)
