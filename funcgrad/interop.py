@@ -445,30 +445,34 @@ def _match(
 
 
 def _resolve_ambiguous(modules: list[_Module], slots: list[_Slot]) -> None:
-    """A 2-d weight without bias is an ``Embedding`` or a bias-free ``Linear``: decide by the model."""
-    embeddings = [s.params["embedding"].shape for s in slots if s.family == "embedding"]
-    linears = [
-        s.params["w"].shape[::-1]
-        for s in slots
-        if s.family == "linear" and not getattr(s.layer, "use_bias", True)
-    ]
-    for m in modules:
-        if m.family != "linear_or_embedding":
-            continue
-        if not embeddings or not linears:
-            m.family = "embedding" if embeddings else "linear"
-            continue
+    """A 2-d weight without bias is an ``Embedding`` or a bias-free ``Linear``: decide by the model.
+
+    In order against the model's embeddings and bias-free dense layers where the counts and
+    shapes agree; else by shape alone; else ask for a mapping.
+    """
+    torch_side = [m for m in modules if m.family == "linear_or_embedding"]
+    ours = [s for s in slots if s.family == "embedding" or (s.family == "linear" and "b" not in s.params)]  # fmt: skip
+
+    def fits(shape: tuple[int, ...], slot: _Slot) -> bool:
+        if slot.family == "embedding":
+            return shape == tuple(slot.params["embedding"].shape)
+        return shape == tuple(slot.params["w"].shape[::-1])
+
+    pairs = list(zip(torch_side, ours, strict=False))
+    if len(torch_side) == len(ours) and all(fits(m.tensors["weight"].shape, s) for m, s in pairs):
+        for m, s in pairs:
+            m.family = s.family
+        return
+    for m in torch_side:
         shape = m.tensors["weight"].shape
-        fits = [
-            f for f, shapes in (("embedding", embeddings), ("linear", linears)) if shape in shapes
-        ]
-        if len(fits) != 1:
+        kinds = {s.family for s in ours if fits(shape, s)}
+        if len(kinds) > 1:
             raise ParamsError(
                 f"from_torch: PyTorch module '{m.prefix}' (a 2-d weight {list(shape)}, no bias) "
                 "could be an Embedding or a bias-free Linear of this model; pair it by hand "
                 "with mapping={torch_prefix: funcgrad_path}"
             )
-        m.family = fits[0]
+        m.family = kinds.pop() if kinds else "linear"
 
 
 def _convert(m: _Module, slot: _Slot) -> tuple[dict[str, Any], dict[str, Any]]:
