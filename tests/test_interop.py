@@ -205,6 +205,17 @@ def test_conv_and_conv_transpose_in_every_dimension(nd):
     close(model.apply(params, x), torch.movedim(up(conv(channels_first)), 1, -1))
 
 
+def test_conv_transpose_padding_recipe_of_the_docs():
+    # PyTorch's padding p and output_padding q are funcgrad's (k - 1 - p, k - 1 - p + q).
+    torch.manual_seed(8)
+    up = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    model = nn.ConvTranspose(4, (3, 3), strides=2, padding=[(1, 2), (1, 2)])
+    x = data(2, 5, 5, 3)
+    params, _ = fg.interop.from_torch(model, x, up.state_dict())
+    ref = torch.movedim(up(torch.from_numpy(x.transpose(0, 3, 1, 2))), 1, -1)
+    close(model.apply(params, x), ref)
+
+
 class TorchTokens(torch.nn.Module):
     def __init__(self):
         super().__init__()
