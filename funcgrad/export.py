@@ -194,9 +194,8 @@ def load(path: str | os.PathLike[str]) -> ExportedModel:
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
       >>> from funcgrad import export, nn
-      >>> model = nn.Dense(3)
-      >>> params = model.init(jax.random.key(0), jnp.zeros((1, 2)))
-      >>> f = export.load(export.save(tempfile.mkdtemp(), model, params, jnp.zeros((1, 2))))
+      >>> model, x = nn.Dense(3), jnp.zeros((1, 2), jnp.float32)
+      >>> f = export.load(export.save(tempfile.mkdtemp(), model, model.init(jax.random.key(0), x), x))
       >>> f.info["input"], f.info["outputs"]
       ({'shape': ['batch', 2], 'dtype': 'float32'}, [{'shape': ['batch', 3], 'dtype': 'float32'}])
     """

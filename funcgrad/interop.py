@@ -253,6 +253,7 @@ class _Module:
 class _Slots(Recorder):
     def __init__(self) -> None:
         self.found: list[tuple[ParamLayer, tuple[str, ...], Any]] = []
+        self.seen: set[tuple[str, ...]] = set()  # a shared layer runs at several places
 
     def enter(self, layer: Layer, path: tuple[str, ...], params: Any) -> Any:
         if isinstance(layer, Repeat):
@@ -260,7 +261,8 @@ class _Slots(Recorder):
                 f"from_torch: nn.repeat at {path_str(path)} stacks its copies' parameters; "
                 "import into the unrolled model (one layer per copy) and stack afterwards"
             )
-        if isinstance(layer, ParamLayer) and all(p != path for _, p, _ in self.found):
+        if isinstance(layer, ParamLayer) and path not in self.seen:
+            self.seen.add(path)
             self.found.append((layer, path, params))
 
 

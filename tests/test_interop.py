@@ -334,3 +334,24 @@ def test_bias_free_weights_pair_in_order_else_by_mapping():
     three = {"a.weight": table, "b.weight": kernel, "c.weight": kernel}
     with pytest.raises(ParamsError, match="'a' .* could be an Embedding or a bias-free Linear"):
         fg.interop.from_torch(model, ids, three)
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(torch.tanh(self.block(x))))
+
+
+def test_a_shared_layer_takes_one_module():
+    torch.manual_seed(9)
+    net = Tied()
+    tied = nn.shared(nn.Dense(4), name="block")
+    model = nn.serial(tied, nn.tanh, tied, nn.Dense(2))
+    x = data(3, 4)
+    params, _ = fg.interop.from_torch(model, x, net.state_dict())
+    assert sorted(params) == ["block", "dense_3"]
+    close(model.apply(params, x), net(torch.from_numpy(x)))
