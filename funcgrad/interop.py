@@ -299,7 +299,9 @@ def from_torch(
 
     Raises:
       ParamsError: a module or layer is left without a partner (both sides are listed by
-        name), a shape does not fit, or a key is missing.
+        name), or a module lacks a tensor the layer needs or has one it has no place for.
+      ShapeError: a converted weight's shape differs from the layer's (names both sides).
+      ConfigError: the model holds an `nn.repeat` (stacked parameters).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np

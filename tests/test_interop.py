@@ -355,3 +355,10 @@ def test_a_shared_layer_takes_one_module():
     params, _ = fg.interop.from_torch(model, x, net.state_dict())
     assert sorted(params) == ["block", "dense_3"]
     close(model.apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_stacked_parameters_of_repeat_are_refused_with_advice():
+    with pytest.raises(
+        fg.errors.ConfigError, match=r"nn\.repeat .* import into the unrolled model"
+    ):
+        fg.interop.from_torch(nn.repeat(nn.Dense(4), 2), data(1, 4), {})
