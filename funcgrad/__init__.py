@@ -3,7 +3,18 @@
 Pure functions over parameter pytrees; primitives with hand-written backward rules; plain jit, grad, vmap.
 """
 
-from funcgrad import errors, inspect, losses, nn, parallel, primitives, testing, train
+from funcgrad import (
+    errors,
+    export,
+    inspect,
+    interop,
+    losses,
+    nn,
+    parallel,
+    primitives,
+    testing,
+    train,
+)
 from funcgrad.primitives.registry import Primitive, primitive
 from funcgrad.primitives.stable import (
     clip_gradient,
@@ -26,7 +37,7 @@ from funcgrad.primitives.stable import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Primitive", "clip_gradient", "errors", "inspect", "log1mexp", "log1pexp", "log_sigmoid",
+    "Primitive", "clip_gradient", "errors", "export", "inspect", "interop", "log1mexp", "log1pexp", "log_sigmoid",
     "log_softmax", "logaddexp", "logsumexp", "losses", "nn", "parallel", "primitive", "primitives",
     "safe_norm", "scale_gradient", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "straight_through", "testing", "train", "xlogy",

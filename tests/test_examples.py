@@ -101,3 +101,19 @@ def test_data_parallel_trains_alike_on_one_device_and_on_eight():
 
 
 # "multi_host.py" is run by tests/parallel/test_multi_host.py (two processes on loopback).
+
+
+def test_export_digits_runs_the_exported_model_in_a_process_without_funcgrad(tmp_path):
+    # "run_exported.py" is the separate script that export_digits.py runs in a subprocess.
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "export_digits.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    here = float(re.search(r"test accuracy here: ([\d.]+)", out).group(1))
+    there = float(re.search(r"test accuracy in a fresh process: ([\d.]+)", out).group(1))
+    assert here == there and here >= 0.95
+    assert "funcgrad imported: False" in out
+    assert "bit for bit: True" in out
+    assert (tmp_path / "digits_mlp" / "forward.jaxexport").is_file()

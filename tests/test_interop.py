@@ -1,0 +1,364 @@
+"""fg.interop: safetensors files of parameter trees, and PyTorch state_dicts checked against PyTorch itself."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import safetensors.torch
+import torch
+
+import funcgrad as fg
+from funcgrad import nn
+from funcgrad.errors import ParamsError, ShapeError
+
+torch.set_num_threads(1)  # the CI machine is small and shared
+
+
+def tree():
+    return {
+        "serial_0": {
+            "dense_0": {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3)},
+            "norm": {"scale": jnp.array([1.5, -2.25], jnp.bfloat16)},
+        },
+        "half": jnp.array([0.5, 3.0], jnp.float16),
+        "ids": jnp.arange(4, dtype=jnp.int32),
+        "f64": jnp.array([1 / 3], jnp.float64),
+    }
+
+
+def same(a, b):
+    return jax.tree.map(lambda x, y: (x.shape, x.dtype) == (y.shape, y.dtype) and bool(jnp.all(x == y)), a, b)  # fmt: skip
+
+
+# -- safetensors ------------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_values_dtypes_and_nesting(tmp_path):
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    loaded = fg.interop.load_safetensors(path)
+    assert all(jax.tree.leaves(same(tree(), loaded)))
+    assert jax.tree.structure(loaded) == jax.tree.structure(tree())
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary file left
+
+
+def test_files_open_in_pytorch_and_numpy_readers_under_dotted_keys(tmp_path):
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    in_torch = safetensors.torch.load_file(path)
+    assert sorted(in_torch) == [
+        "f64", "half", "ids", "serial_0.dense_0.b", "serial_0.dense_0.w", "serial_0.norm.scale",
+    ]  # fmt: skip
+    assert in_torch["serial_0.norm.scale"].dtype == torch.bfloat16
+    assert in_torch["serial_0.norm.scale"].float().tolist() == [1.5, -2.25]
+    assert in_torch["serial_0.dense_0.w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    # NumPy has no bfloat16, so its reader gets a file without one.
+    no_bf16 = {k: v for k, v in tree().items() if k != "serial_0"}
+    path = fg.interop.save_safetensors(tmp_path / "n.safetensors", no_bf16)
+    in_numpy = safetensors.numpy.load_file(path)
+    assert in_numpy["half"].dtype == np.float16 and in_numpy["f64"].tolist() == [1 / 3]
+
+
+def test_reads_a_file_pytorch_wrote(tmp_path):
+    tensors = {"a.w": torch.arange(6.0).reshape(2, 3).to(torch.bfloat16), "a.b": torch.ones(3)}
+    safetensors.torch.save_file(tensors, tmp_path / "t.safetensors")
+    loaded = fg.interop.load_safetensors(tmp_path / "t.safetensors")
+    assert loaded["a"]["w"].dtype == jnp.bfloat16
+    assert loaded["a"]["w"].astype(jnp.float32).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_like_lists_every_missing_extra_misshaped_and_mistyped_path(tmp_path):
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    like = tree()
+    del like["ids"]  # extra in the file
+    like["serial_0"]["dense_0"]["w"] = jnp.zeros((3, 2), jnp.float32)  # shape
+    like["half"] = jnp.zeros(2, jnp.float32)  # dtype
+    like["new"] = {"k": jnp.zeros(1)}  # missing from the file
+    with pytest.raises(ParamsError) as err:
+        fg.interop.load_safetensors(path, like=like)
+    message = str(err.value)
+    for text in ("missing from the file: ['new.k']", "not in `like`: ['ids']",
+                 "serial_0.dense_0.w: expected (3, 2), file has (2, 3)",
+                 "half: expected float32, file has float16"):  # fmt: skip
+        assert text in message
+
+
+def test_like_gives_its_structure_and_placement(tmp_path):
+    mesh = jax.make_mesh((8,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = {"w": jax.device_put(jnp.arange(16.0, dtype=jnp.float32), sharding), "empty": {}}
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", params)
+    loaded = fg.interop.load_safetensors(path, like=jax.eval_shape(lambda: params) | {"w": params["w"]})  # fmt: skip
+    assert loaded["empty"] == {} and loaded["w"].sharding == sharding
+    assert loaded["w"].tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("cut", [0, 5, 40, -3])
+def test_a_truncated_file_gets_a_clear_error(tmp_path, cut):
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    with pytest.raises(ParamsError, match=r"p\.safetensors .* not a complete safetensors file.*truncated"):  # fmt: skip
+        fg.interop.load_safetensors(path)
+
+
+def test_bad_trees_are_refused_before_writing(tmp_path):
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    before = path.read_bytes()
+    with pytest.raises(ParamsError, match=r"key 'a\.b' under 'x'.*without '\.'"):
+        fg.interop.save_safetensors(path, {"x": {"a.b": jnp.zeros(1)}})
+    with pytest.raises(ParamsError, match="'k' is a PRNG key array"):
+        fg.interop.save_safetensors(path, {"k": jax.random.key(0)})
+    with pytest.raises(ParamsError, match=r"'x' holds a list"):
+        fg.interop.save_safetensors(path, {"x": [jnp.zeros(1)]})
+    assert path.read_bytes() == before
+
+
+# -- PyTorch state_dicts ----------------------------------------------------------------------
+
+
+def close(ours, ref, tol=1e-5):
+    """Largest error relative to the largest reference value (float32 on both sides)."""
+    ours, ref = np.asarray(ours), ref.detach().numpy()
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    err = np.max(np.abs(ours - ref)) / np.max(np.abs(ref))
+    assert err <= tol, err
+
+
+def data(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_mlp():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 3),
+    ).eval()  # fmt: skip
+    model = nn.serial(nn.Dense(16), nn.tanh, nn.Dense(16), nn.relu, nn.Dense(3))
+    x = data(5, 6)
+    params, state = fg.interop.from_torch(model, x, net.state_dict())
+    assert state == {}
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, model.init(jax.random.key(0), x))  # fmt: skip
+    close(model.apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_numpy_arrays_from_a_safetensors_file_and_bfloat16_tensors_work_too(tmp_path):
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model = nn.serial(nn.Dense(8), nn.relu, nn.Dense(2))
+    x = data(3, 4)
+    safetensors.torch.save_file(net.state_dict(), tmp_path / "net.safetensors")
+    arrays = safetensors.numpy.load_file(tmp_path / "net.safetensors")
+    params, _ = fg.interop.from_torch(model, x, arrays)
+    close(model.apply(params, x), net(torch.from_numpy(x)))
+    half = {k: v.to(torch.bfloat16) for k, v in net.state_dict().items()}
+    params, _ = fg.interop.from_torch(model, x, half)
+    assert params["dense_0"]["w"].dtype == jnp.float32
+    np.testing.assert_array_equal(params["dense_0"]["w"], half["0.weight"].float().numpy().T)
+
+
+class TorchCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.permute(0, 2, 3, 1).flatten(1))  # channels last before flattening
+
+
+def test_cnn_with_batch_norm_in_eval_mode():
+    torch.manual_seed(2)
+    net = TorchCNN().train()
+    with torch.no_grad():  # a few training batches, so the running statistics are not 0 and 1
+        for i in range(3):
+            net(torch.from_numpy(data(8, 3, 16, 16, seed=10 + i)) * 2 + 1)
+    net.eval()
+    model = nn.serial(
+        nn.Conv(8, (3, 3), padding=1), nn.BatchNorm(), nn.relu, nn.max_pool((2, 2), strides=2),
+        nn.Conv(8, (3, 3), strides=2, padding=1, groups=2, use_bias=False), nn.BatchNorm(),
+        nn.relu, nn.Flatten(), nn.Dense(10),
+    )  # fmt: skip
+    x = data(4, 16, 16, 3)
+    params, state = fg.interop.from_torch(model, x, net.state_dict())
+    np.testing.assert_array_equal(state["batch_norm_1"]["var"], net.bn1.running_var.numpy())
+    y, _ = model.apply(params, x, state=state)
+    close(y, net(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_and_conv_transpose_in_every_dimension(nd):
+    torch.manual_seed(3)
+    conv = getattr(torch.nn, f"Conv{nd}d")(4, 6, 3, stride=2, padding=1, dilation=1)
+    up = getattr(torch.nn, f"ConvTranspose{nd}d")(6, 5, 3, stride=2)
+    model = nn.serial(
+        nn.Conv(6, (3,) * nd, strides=2, padding=1), nn.ConvTranspose(5, (3,) * nd, strides=2, padding="VALID")
+    )  # fmt: skip
+    x = data(2, *(7,) * nd, 4)
+    params, _ = fg.interop.from_torch(model, x, {f"c.{k}": v for k, v in conv.state_dict().items()} | {f"u.{k}": v for k, v in up.state_dict().items()})  # fmt: skip
+    channels_first = torch.from_numpy(np.moveaxis(x, -1, 1))
+    close(model.apply(params, x), torch.movedim(up(conv(channels_first)), 1, -1))
+
+
+def test_conv_transpose_padding_recipe_of_the_docs():
+    # PyTorch's padding p and output_padding q are funcgrad's (k - 1 - p, k - 1 - p + q).
+    torch.manual_seed(8)
+    up = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    model = nn.ConvTranspose(4, (3, 3), strides=2, padding=[(1, 2), (1, 2)])
+    x = data(2, 5, 5, 3)
+    params, _ = fg.interop.from_torch(model, x, up.state_dict())
+    ref = torch.movedim(up(torch.from_numpy(x.transpose(0, 3, 1, 2))), 1, -1)
+    close(model.apply(params, x), ref)
+
+
+class TorchTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(11, 8)
+        self.norm = torch.nn.RMSNorm(8, eps=1e-6)
+        self.head = torch.nn.Linear(8, 11, bias=False)
+        self.ln = torch.nn.LayerNorm(11, bias=False)
+
+    def forward(self, ids):
+        return self.ln(self.head(self.norm(self.emb(ids))))
+
+
+def test_embedding_norms_and_a_bias_free_linear():
+    torch.manual_seed(4)
+    net = TorchTokens().eval()
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 2)
+        net.ln.weight.uniform_(0.5, 2)
+    model = nn.serial(nn.Embedding(11, 8), nn.RMSNorm(), nn.Dense(11, use_bias=False), nn.LayerNorm(use_bias=False))  # fmt: skip
+    ids = np.random.default_rng(0).integers(0, 11, (3, 5)).astype(np.int32)
+    params, _ = fg.interop.from_torch(model, ids, net.state_dict())
+    close(model.apply(params, ids), net(torch.from_numpy(ids).long()))
+
+
+def encoder(norm_first):
+    attention, mlp = nn.MultiHeadAttention(4), (nn.Dense(32), nn.gelu, nn.Dense(16))
+    if norm_first:
+        return nn.serial(nn.residual(nn.LayerNorm(), attention), nn.residual(nn.LayerNorm(), *mlp))
+    return nn.serial(nn.residual(attention), nn.LayerNorm(), nn.residual(*mlp), nn.LayerNorm())
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer(norm_first):
+    torch.manual_seed(5)
+    net = torch.nn.TransformerEncoderLayer(
+        16, 4, 32, dropout=0.0, activation="gelu", batch_first=True, norm_first=norm_first
+    ).eval()
+    with torch.no_grad():  # non-zero biases everywhere, so a misplaced one shows
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    model = encoder(norm_first)
+    x = data(2, 7, 16)
+    params, _ = fg.interop.from_torch(model, x, net.state_dict())
+    close(model.apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_cross_attention_with_other_key_and_value_widths():
+    torch.manual_seed(6)
+    mha = torch.nn.MultiheadAttention(16, 2, kdim=6, vdim=6, batch_first=True).eval()
+    model = nn.MultiHeadAttention(2)
+    x, context = data(2, 3, 16), data(2, 5, 6, seed=1)
+    params, _ = fg.interop.from_torch(model, (x, context), mha.state_dict())
+    ref, _ = mha(torch.from_numpy(x), torch.from_numpy(context), torch.from_numpy(context))
+    close(model.apply(params, (x, context)), ref)
+
+
+class Reordered(torch.nn.Module):
+    """Modules declared in another order than they run: matching by order needs a mapping."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = torch.nn.Linear(8, 2)
+        self.hidden = torch.nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def test_mapping_overrides_the_order():
+    torch.manual_seed(7)
+    net = Reordered()
+    model = nn.serial(nn.Dense(8), nn.relu, nn.Dense(2))
+    x = data(3, 4)
+    with pytest.raises(ShapeError, match=r"PyTorch 'out' → funcgrad Dense at dense_0: '[wb]' should have shape"):  # fmt: skip
+        fg.interop.from_torch(model, x, net.state_dict())
+    params, _ = fg.interop.from_torch(model, x, net.state_dict(), mapping={"out": "dense_2"})
+    close(model.apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_a_state_dict_of_another_architecture_lists_both_sides():
+    model = nn.serial(nn.Dense(8), nn.relu, nn.Dense(10))
+    with pytest.raises(ParamsError) as err:
+        fg.interop.from_torch(model, data(1, 48), TorchCNN().state_dict())
+    message = str(err.value)
+    for text in ("'conv1' (Conv/ConvTranspose: weight[8, 3, 3, 3], bias[8])", "'bn2' (BatchNorm",
+                 "funcgrad layers left over: ['Dense at dense_2']", "mapping="):  # fmt: skip
+        assert text in message
+
+
+def test_wrong_shape_and_missing_key_name_the_place():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model = nn.serial(nn.Dense(8), nn.relu, nn.Dense(2))
+    with pytest.raises(ShapeError, match=r"PyTorch '0' → funcgrad Dense at dense_0: 'w' should have shape \(5, 8\); .* \(4, 8\)"):  # fmt: skip
+        fg.interop.from_torch(model, data(1, 5), net.state_dict())
+    weights = net.state_dict()
+    del weights["2.bias"]
+    with pytest.raises(ParamsError, match=r"Dense at dense_2: the state_dict lacks '2\.bias'"):
+        fg.interop.from_torch(model, data(1, 4), weights)
+    with pytest.raises(ParamsError, match=r"mapping names PyTorch module 'nope'.*\['0', '2'\]"):
+        fg.interop.from_torch(model, data(1, 4), net.state_dict(), mapping={"nope": "dense_0"})
+    with pytest.raises(ParamsError, match=r"no place for \['0\.bias'\]"):
+        fg.interop.from_torch(nn.Dense(8, use_bias=False), data(1, 4), {"0.weight": net[0].weight, "0.bias": net[0].bias})  # fmt: skip
+
+
+def test_bias_free_weights_pair_in_order_else_by_mapping():
+    model = nn.serial(nn.Embedding(8, 8), nn.Dense(8, use_bias=False))
+    table, kernel = data(8, 8), np.eye(8, dtype=np.float32) * 2 + np.tri(8, dtype=np.float32)
+    ids = np.zeros((1, 2), np.int32)
+    params, _ = fg.interop.from_torch(model, ids, {"a.weight": table, "b.weight": kernel})
+    assert params["embedding_0"]["embedding"].tolist() == table.tolist()
+    assert params["dense_1"]["w"].tolist() == kernel.T.tolist()
+    swapped = {"a": "dense_1", "b": "embedding_0"}
+    params, _ = fg.interop.from_torch(model, ids, {"a.weight": table, "b.weight": kernel}, mapping=swapped)  # fmt: skip
+    assert params["dense_1"]["w"].tolist() == table.T.tolist()
+    three = {"a.weight": table, "b.weight": kernel, "c.weight": kernel}
+    with pytest.raises(ParamsError, match="'a' .* could be an Embedding or a bias-free Linear"):
+        fg.interop.from_torch(model, ids, three)
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(torch.tanh(self.block(x))))
+
+
+def test_a_shared_layer_takes_one_module():
+    torch.manual_seed(9)
+    net = Tied()
+    tied = nn.shared(nn.Dense(4), name="block")
+    model = nn.serial(tied, nn.tanh, tied, nn.Dense(2))
+    x = data(3, 4)
+    params, _ = fg.interop.from_torch(model, x, net.state_dict())
+    assert sorted(params) == ["block", "dense_3"]
+    close(model.apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_stacked_parameters_of_repeat_are_refused_with_advice():
+    with pytest.raises(
+        fg.errors.ConfigError, match=r"nn\.repeat .* import into the unrolled model"
+    ):
+        fg.interop.from_torch(nn.repeat(nn.Dense(4), 2), data(1, 4), {})
