@@ -464,6 +464,11 @@ class Bidirectional(_SequenceLayer):
             raise ParamsError(
                 f"{self._where(path)}: expected parameters {{'forward', 'backward'}}; got {got}"
             )
+        if carry is not None and not (isinstance(carry, (tuple, list)) and len(carry) == 2):
+            raise InputTypeError(
+                f"{self._where(path)}: initial_carry must be a pair (forward's carry, backward's "
+                f"carry); got {type(carry).__name__}"
+            )
         cf, cb = (None, None) if carry is None else carry
         cf, yf = _scan(
             self.forward, params["forward"], x, lengths, cf, False, ctx, (*path, "forward")

@@ -215,3 +215,5 @@ def test_bad_inputs_name_the_layer():
     bi = nn.bidirectional(nn.GRUCell(3), nn.GRUCell(3))
     with pytest.raises(errors.ParamsError, match=r"bidirectional\(GRUCell, GRUCell\).*forward"):
         bi.apply({"forward": {}}, x)
+    with pytest.raises(errors.InputTypeError, match=r"initial_carry must be a pair"):
+        bi.apply(bi.init(KEY, x), x, initial_carry=jnp.zeros((2, 3)))
