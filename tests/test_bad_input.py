@@ -22,6 +22,10 @@ LAYERS = {
     "LayerNorm": (nn.LayerNorm(), jnp.ones((2, 4), F)),
     "RMSNorm": (nn.RMSNorm(), jnp.ones((2, 4), F)),
     "MultiHeadAttention": (nn.MultiHeadAttention(2), jnp.ones((2, 3, 4), F)),
+    "GroupNorm": (nn.GroupNorm(2), jnp.ones((2, 3, 4), F)),
+    "InstanceNorm": (nn.InstanceNorm(), jnp.ones((2, 3, 4), F)),
+    "LSTMCell": (nn.recurrent(nn.LSTMCell(3)), jnp.ones((2, 3, 4), F)),
+    "GRUCell": (nn.recurrent(nn.GRUCell(3), reverse=True), jnp.ones((2, 3, 4), F)),
 }
 # name -> an input of the wrong rank
 WRONG_RANK = {
@@ -34,12 +38,20 @@ WRONG_RANK = {
     "max_pool": jnp.ones((4, 4), F),
     "Flatten": jnp.ones((), F),
     "Reshape": jnp.ones((), F),
+    "GroupNorm": jnp.ones((4,), F),
+    "InstanceNorm": jnp.ones((2, 4), F),
+    "recurrent": jnp.ones((2, 4), F),
+    "bidirectional": jnp.ones((2, 3, 4, 1), F),
+    "adaptive_avg_pool": jnp.ones((4, 4), F),
 }
 RANKED = {
     **{k: v[0] for k, v in LAYERS.items()},
     "max_pool": nn.max_pool((2, 2)),
     "Flatten": nn.Flatten(),
     "Reshape": nn.Reshape((-1,)),
+    "recurrent": nn.recurrent(nn.LSTMCell(3)),
+    "bidirectional": nn.bidirectional(nn.GRUCell(2), nn.GRUCell(2)),
+    "adaptive_avg_pool": nn.adaptive_avg_pool((2, 2)),
 }
 
 
@@ -164,6 +176,9 @@ def test_example_input_that_is_not_an_array():
         (lambda: nn.Dropout(1.0), r"rate must be in \[0, 1\)"),
         (lambda: nn.BatchNorm(momentum=2.0), "momentum"),
         (lambda: nn.repeat(nn.Dense(2), 0), "n must be a positive int"),
+        (lambda: nn.LSTMCell(0), "LSTMCell: hidden must be a positive int"),
+        (lambda: nn.GroupNorm(0), "GroupNorm: num_groups must be a positive int"),
+        (lambda: nn.adaptive_max_pool(0), "adaptive_max_pool: output_size"),
         (lambda: nn.parallel(nn.Dense(2), combine="max"), "combine"),
         (lambda: nn.shared(nn.Dense(2), ""), "name"),
         (lambda: fg.straight_through(1.0, "floor"), "fn must be"),

@@ -67,6 +67,18 @@ def test_example_runs(name, expected):
     assert expected in run(name)
 
 
+def test_char_lstm_learns_and_continues_a_prompt():
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "char_lstm.py"), "--hidden", "64", "--steps", "150"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = map(float, re.search(r"([\d.]+) before, ([\d.]+) after", proc.stdout).groups())
+    assert after < 0.6 * before  # from about log(vocabulary) to well below it
+    greedy = proc.stdout.split("--- greedy ---\n")[1].split("\n--- sampled")[0]
+    assert greedy.startswith("def ") and len(greedy) == len("def ") + 200  # may hold newlines
+
+
 def test_see_the_graph_draws_the_seed_graphs(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "see_the_graph.py"), str(tmp_path)],

@@ -31,13 +31,30 @@ from funcgrad.nn.dense import Dense, Scale
 from funcgrad.nn.dropout import Dropout
 from funcgrad.nn.embedding import Embedding
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
-from funcgrad.nn.norm import BatchNorm, LayerNorm, RMSNorm
-from funcgrad.nn.pool import Pool, avg_pool, max_pool
+from funcgrad.nn.norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
+from funcgrad.nn.pool import (
+    AdaptivePool,
+    Pool,
+    adaptive_avg_pool,
+    adaptive_max_pool,
+    avg_pool,
+    max_pool,
+)
 from funcgrad.nn.precision import MixedPrecision, mixed_precision
+from funcgrad.nn.recurrent import (
+    Bidirectional,
+    GRUCell,
+    LSTMCell,
+    Recurrent,
+    bidirectional,
+    recurrent,
+)
 from funcgrad.nn.reshape import Flatten, Reshape
 
 __all__ = [
+    "AdaptivePool",
     "BatchNorm",
+    "Bidirectional",
     "Context",
     "Conv",
     "ConvTranspose",
@@ -46,6 +63,10 @@ __all__ = [
     "Elementwise",
     "Embedding",
     "Flatten",
+    "GRUCell",
+    "GroupNorm",
+    "InstanceNorm",
+    "LSTMCell",
     "Layer",
     "LayerNorm",
     "MixedPrecision",
@@ -55,6 +76,7 @@ __all__ = [
     "ParamSpec",
     "Pool",
     "RMSNorm",
+    "Recurrent",
     "Remat",
     "Repeat",
     "Reshape",
@@ -62,13 +84,17 @@ __all__ = [
     "Scale",
     "Serial",
     "Shared",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
     "avg_pool",
+    "bidirectional",
     "elementwise",
     "gelu",
     "log_softmax",
     "max_pool",
     "mixed_precision",
     "parallel",
+    "recurrent",
     "relu",
     "remat",
     "repeat",

@@ -1,4 +1,4 @@
-"""Normalisation layers: LayerNorm, RMSNorm, and BatchNorm with its running statistics as explicit state.
+"""Normalisation layers: LayerNorm, RMSNorm, GroupNorm, InstanceNorm, and BatchNorm with its running statistics as state.
 
 Statistics are computed in at least float32, whatever the compute dtype.
 """
@@ -6,12 +6,12 @@ Statistics are computed in at least float32, whatever the compute dtype.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ConfigError, ParamsError
+from funcgrad.errors import ConfigError, ParamsError, ShapeError
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -50,22 +50,32 @@ class _FeatureNorm(ParamLayer):
         require_rank(x, tuple(range(1, 33)), path, type(self).__name__, "(..., features)")
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
-        c = (x.shape[-1],)
-        specs = {}
-        if self.use_scale:
-            specs["scale"] = ParamSpec(c, self.param_dtype, self.scale_init)
-        if self.use_bias:
-            specs["bias"] = ParamSpec(c, self.param_dtype, self.bias_init)
-        return specs
+        return _affine_specs(self, x)
 
     def _affine(self, params: Params, y: Array, x: Array) -> Array:
-        dtype = self.dtype or jnp.result_type(x, *params.values())
-        y = y.astype(dtype)
-        if self.use_scale:
-            y = y * params["scale"].astype(dtype)
-        if self.use_bias:
-            y = y + params["bias"].astype(dtype)
-        return y
+        return _affine(self, params, y, x)
+
+
+def _affine_specs(norm: Any, x: Spec) -> dict[str, ParamSpec]:
+    """A norm's per-feature ``scale`` and ``bias`` specs, as its ``use_scale``/``use_bias`` say."""
+    c = (x.shape[-1],)
+    specs = {}
+    if norm.use_scale:
+        specs["scale"] = ParamSpec(c, norm.param_dtype, norm.scale_init)
+    if norm.use_bias:
+        specs["bias"] = ParamSpec(c, norm.param_dtype, norm.bias_init)
+    return specs
+
+
+def _affine(norm: Any, params: Params, y: Array, x: Array) -> Array:
+    """``y * scale + bias`` in the norm's compute dtype."""
+    dtype = norm.dtype or jnp.result_type(x, *params.values())
+    y = y.astype(dtype)
+    if norm.use_scale:
+        y = y * params["scale"].astype(dtype)
+    if norm.use_bias:
+        y = y + params["bias"].astype(dtype)
+    return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,3 +184,108 @@ class BatchNorm(_FeatureNorm):
             mean, var, new = state["mean"], state["var"], state
         y = self._affine(params, (xs - mean) * jax.lax.rsqrt(var + self.epsilon), x)
         return y, new
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNorm(ParamLayer):
+    """Normalise each example over its spatial axes and groups of channels, then scale and shift.
+
+    The channels (last axis, ``C``) are cut into ``num_groups`` contiguous groups of
+    ``C / num_groups`` (or groups of ``group_size``); each example's mean and variance are
+    taken over all its spatial positions and the channels of one group:
+    ``y = (x − mean) / sqrt(var + epsilon) * scale + bias``, ``scale`` and ``bias`` per
+    channel. Input ``(batch, *spatial, C)``, channels last; ``torch.nn.GroupNorm(G, C)``
+    on the NCHW transpose gives the same numbers. Give exactly one of ``num_groups`` and
+    ``group_size``; ``group_size=1`` is `InstanceNorm`.
+
+    Args:
+      num_groups: how many groups; must divide ``C``.
+      group_size: channels per group, instead of ``num_groups``; must divide ``C``.
+      epsilon, use_scale, use_bias, scale_init, bias_init, dtype, param_dtype, name:
+        as `LayerNorm`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> gn = nn.GroupNorm(2)
+      >>> x = jnp.array([[[1.0, 3.0, 0.0, 4.0]]])
+      >>> gn.apply(gn.init(jax.random.key(0), x), x).round(3).tolist()
+      [[[-1.0, 1.0, -1.0, 1.0]]]
+    """
+
+    num_groups: int | None = None
+    group_size: int | None = None
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Initializer = jax.nn.initializers.ones
+    bias_init: Initializer = jax.nn.initializers.zeros
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    name: str | None = None
+    kind = "group_norm"
+    min_rank: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        layer = type(self).__name__
+        if (self.num_groups is None) == (self.group_size is None):
+            raise ConfigError(
+                f"{layer}: give exactly one of num_groups and group_size; got "
+                f"num_groups={self.num_groups!r}, group_size={self.group_size!r}"
+            )
+        for field in ("num_groups", "group_size"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{layer}: {field} must be a positive int; got {value!r}")
+
+    def _groups(self, channels: int) -> int:
+        return self.num_groups or channels // (self.group_size or 1)
+
+    def check_input(self, x: Spec, path: Path) -> None:
+        layer = type(self).__name__
+        require_float(x, path, layer)
+        layout = "(batch, *spatial, channels)"
+        require_rank(x, tuple(range(self.min_rank, 33)), path, layer, layout)
+        c = x.shape[-1]
+        if c % (self.num_groups or self.group_size or 1):
+            what = (
+                f"{self.num_groups} groups" if self.num_groups else f"groups of {self.group_size}"
+            )
+            raise ShapeError(
+                f"{layer} at {path_str(path)}: {c} channels do not split into {what}; "
+                f"got input of shape {tuple(x.shape)}"
+            )
+
+    def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
+        return _affine_specs(self, x)
+
+    def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
+        g = self._groups(x.shape[-1])
+        xs = x.astype(_stat_dtype(x)).reshape(*x.shape[:-1], g, x.shape[-1] // g)
+        axes = (*range(1, x.ndim - 1), x.ndim)
+        mean = jnp.mean(xs, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(xs - mean), axis=axes, keepdims=True)
+        y = ((xs - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return _affine(self, params, y, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceNorm(GroupNorm):
+    """`GroupNorm` with one channel per group: each example's channel normalised over its spatial axes.
+
+    Input ``(batch, *spatial, C)`` with at least one spatial axis. Learns a per-channel
+    ``scale`` and ``bias`` by default (as Flax); ``use_scale=False, use_bias=False`` is
+    ``torch.nn.InstanceNorm2d``'s default ``affine=False``. Running statistics are not kept.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> norm = nn.InstanceNorm(use_scale=False, use_bias=False)
+      >>> x = jnp.array([[[1.0, 5.0], [3.0, 7.0]]])
+      >>> norm(x).round(3).tolist()
+      [[[-1.0, -1.0], [1.0, 1.0]]]
+    """
+
+    group_size: int | None = 1
+    kind = "instance_norm"
+    min_rank: ClassVar[int] = 3

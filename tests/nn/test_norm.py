@@ -49,3 +49,37 @@ def test_batch_norm_without_state_says_how_to_get_it():
 def test_init_state_alone():
     state = nn.serial(nn.Dense(2), nn.BatchNorm()).init_state(jnp.zeros((1, 5)))
     np.testing.assert_array_equal(state["batch_norm_1"]["var"], jnp.ones(2))
+
+
+def test_group_norm_normalises_each_group_of_each_example():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 6), jnp.float64) * 4 + 2
+    y = nn.GroupNorm(3, epsilon=0.0, use_scale=False, use_bias=False)(x)
+    groups = y.reshape(2, 9, 3, 2)
+    np.testing.assert_allclose(jnp.mean(groups, axis=(1, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(jnp.var(groups, axis=(1, 3)), 1, rtol=1e-12)
+
+
+def test_group_size_and_instance_norm_are_group_norm():
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6), jnp.float64)
+    params = {"scale": jnp.arange(6.0), "bias": jnp.ones(6)}
+    np.testing.assert_array_equal(
+        nn.GroupNorm(group_size=2).apply(params, x), nn.GroupNorm(3).apply(params, x)
+    )
+    np.testing.assert_array_equal(
+        nn.InstanceNorm().apply(params, x), nn.GroupNorm(6).apply(params, x)
+    )
+    per_channel = (x - x.mean(1, keepdims=True)) / jnp.sqrt(x.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(
+        nn.InstanceNorm().apply(params, x), per_channel * params["scale"] + 1
+    )
+
+
+def test_group_norm_bad_settings_and_inputs():
+    with pytest.raises(errors.ConfigError, match="GroupNorm: give exactly one"):
+        nn.GroupNorm(2, group_size=2)
+    with pytest.raises(errors.ConfigError, match="GroupNorm: num_groups must be a positive int"):
+        nn.GroupNorm(0)
+    with pytest.raises(errors.ShapeError, match=r"GroupNorm at params: 5 channels .* 2 groups"):
+        nn.GroupNorm(2).init(jax.random.key(0), jnp.zeros((1, 3, 5)))
+    with pytest.raises(errors.ShapeError, match=r"InstanceNorm at params: expected input of rank"):
+        nn.InstanceNorm().init(jax.random.key(0), jnp.zeros((1, 5)))

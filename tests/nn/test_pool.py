@@ -21,3 +21,24 @@ def test_avg_pool_excluding_padding_averages_real_entries():
 def test_pool_wrong_rank():
     with pytest.raises(errors.ShapeError, match="max_pool"):
         nn.max_pool((2, 2))(jnp.zeros((4, 4)))
+
+
+def test_adaptive_pools_use_torch_bins():
+    # Length 5 into 3 bins: [0, 2), [1, 4), [3, 5).
+    x = jnp.array([1.0, 4.0, 2.0, 8.0, 5.0]).reshape(1, 5, 1)
+    np.testing.assert_allclose(nn.adaptive_avg_pool(3)(x)[0, :, 0], [2.5, 14 / 3, 6.5])
+    np.testing.assert_array_equal(nn.adaptive_max_pool(3)(x)[0, :, 0], [4.0, 8.0, 8.0])
+
+
+def test_adaptive_pool_to_one_is_global_and_none_keeps_an_axis():
+    x = jnp.arange(24.0).reshape(1, 4, 3, 2)
+    np.testing.assert_allclose(nn.adaptive_avg_pool((1, 1))(x)[0, 0, 0], x.mean((0, 1, 2)))
+    np.testing.assert_array_equal(nn.adaptive_max_pool((2, None))(x).shape, (1, 2, 3, 2))
+    np.testing.assert_array_equal(nn.adaptive_max_pool((2, None))(x)[0, 0], x[0, 1])
+
+
+def test_adaptive_pool_bad_settings_and_inputs():
+    with pytest.raises(errors.ConfigError, match="adaptive_avg_pool: output_size"):
+        nn.adaptive_avg_pool((2, 0))
+    with pytest.raises(errors.ShapeError, match="adaptive_max_pool"):
+        nn.adaptive_max_pool((2, 2))(jnp.zeros((1, 4, 2)))
