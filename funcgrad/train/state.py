@@ -60,13 +60,17 @@ class TrainState:
         opt_state: Any = None,
         step: int = 0,
     ) -> TrainState:
-        """A fresh state: ``opt_state`` defaults to ``optimizer.init(params)``; sums of the loss only."""
+        """A fresh state: ``opt_state`` defaults to ``optimizer.init(params)``; sums of the loss only.
+
+        A step donates the state, ``params`` included; ``key`` is copied, so the caller may
+        go on using it (to order the data, say).
+        """
         return cls(
             params=params,
             opt_state=optimizer.init(params) if opt_state is None else opt_state,
             model_state={} if model_state is None else model_state,
             step=jnp.asarray(step, jnp.int32),
-            key=key,
+            key=jnp.copy(key),
             sums=zero_sums({"loss": jax.ShapeDtypeStruct((), jnp.float32)}),
         )
 
