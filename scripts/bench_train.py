@@ -1,8 +1,9 @@
-"""Training-loop speed: `fit` and `make_step` against a hand-written pure-JAX loop, and the fused loop.
+"""Training-loop speed: `fit` against the hand-written loop over `make_step` it replaces, and the fused loop.
 
 Same model, data, batching and optimizer for every variant; interleaved rounds, medians, ratios to the
-pure-JAX loop measured in the same round. `fit` includes its progress bar and metrics; its per-step time
-is (t(2N) − t(N)) / N, so that its one-off compilation cancels out.
+pure-JAX loop measured in the same round, and of each `fit` variant to the hand loop doing the same work
+(with the NaN guard: `make_step` over `nan_guard(adam)`). `fit` includes its metrics and, unless
+"no bar", its progress bar; its per-step time is (t(2N) − t(N)) / N, so that its compilation cancels out.
 
 Usage: .venv/bin/python scripts/bench_train.py [--rounds 7]
 """
@@ -75,28 +76,35 @@ def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int, **opt
 def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, rounds: int) -> None:
     """Time every variant on one workload, interleaved round by round; print medians and ratios."""
     opt = optax.adam(1e-3)
+    guarded = fg.train.nan_guard(opt)
     loss_fn = models.funcgrad_model_loss(sizes)
     params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
     data = dataset(sizes, batch)
     steps_fg = fg.train.make_step(loss_fn, opt)
+    steps_guarded = fg.train.make_step(loss_fn, guarded)
     steps_jax = models.pure_jax_step(sizes, opt)
     copy = lambda t: jax.tree.map(jnp.array, t)
     variants: dict[str, Callable[[], float]] = {
         "pure JAX": lambda s=steps_jax: loop(s, copy(params), opt.init(params), data, batch, steps),
         "make_step": lambda s=steps_fg: loop(s, copy(params), opt.init(params), data, batch, steps),
+        "make_step+guard": lambda s=steps_guarded: loop(
+            s, copy(params), guarded.init(params), data, batch, steps
+        ),
         "fit": lambda: fit_time(loss_fn, params, data, batch, steps),
-        "fit nan_guard=False": lambda: fit_time(
-            loss_fn, params, data, batch, steps, nan_guard=False
+        "fit no bar": lambda: fit_time(loss_fn, params, data, batch, steps, progress=False),
+        "fit no guard": lambda: fit_time(loss_fn, params, data, batch, steps, nan_guard=False),
+        "fit no guard, no bar": lambda: fit_time(
+            loss_fn, params, data, batch, steps, nan_guard=False, progress=False
         ),
     }
     if sizes[0] == 2:
         k = 100
-        multi = fg.train.make_multistep(loss_fn, opt, k)
+        multi = fg.train.make_multistep(loss_fn, guarded, k)
         x, y = data
         block = (np.stack([x[:batch]] * k), np.stack([y[:batch]] * k))
 
         def fused(multi: Any = multi, block: Any = block) -> float:
-            p, o = copy(params), opt.init(params)
+            p, o = copy(params), guarded.init(params)
             start = time.perf_counter()
             for _ in range(steps // k):
                 p, o, m = multi(p, o, block)
@@ -104,13 +112,20 @@ def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, ro
             return (time.perf_counter() - start) / (steps // k * k)
 
         variants["make_multistep k=100"] = fused
+        variants["fit fused=100"] = lambda: fit_time(loss_fn, params, data, batch, steps, fused=k)
     med = interleaved_medians(variants, rounds)
     base = med["pure JAX"]
     print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
-    if "make_multistep k=100" in med:
-        print(
-            f"  fused speed-up per step over make_step: {med['make_step'] / med['make_multistep k=100']:.1f}x"
-        )
+    pairs = [
+        ("fit", "make_step+guard"),
+        ("fit no bar", "make_step+guard"),
+        ("fit no guard", "make_step"),
+        ("fit no guard, no bar", "make_step"),
+        ("fit fused=100", "make_multistep k=100"),
+    ]
+    for a, b in pairs:
+        if a in med:
+            print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
 
 
 def main() -> None:
