@@ -5,7 +5,7 @@ pure-JAX loop measured in the same round, and of each `fit` variant to the hand 
 (with the NaN guard: `make_step` over `nan_guard(adam)`). `fit` includes its metrics and, unless
 "no bar", its progress bar; its per-step time is (t(2N) − t(N)) / N, so that its compilation cancels out.
 
-Usage: .venv/bin/python scripts/bench_train.py [--rounds 7]
+Usage: .venv/bin/python scripts/bench_train.py [--rounds 7] [--baseline COMMIT]
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,7 +78,41 @@ def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int, **opt
     return (run(2 * steps) - run(steps)) / steps
 
 
-def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, rounds: int) -> None:
+def worker(name: str, variant: str) -> None:
+    """Print one variant's seconds per step as JSON; run in a subprocess over another tree's funcgrad."""
+    sizes, batch, steps = WORKLOADS[name]
+    loss_fn = models.funcgrad_model_loss(sizes)
+    params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
+    data = dataset(sizes, batch)
+    if variant == "make_step":
+        opt = optax.adam(1e-3)
+        step = fg.train.make_step(loss_fn, opt)
+        copy = lambda t: jax.tree.map(jnp.array, t)
+        loop(step, copy(params), opt.init(params), data, batch, 10)  # compile
+        seconds = loop(step, copy(params), opt.init(params), data, batch, steps)
+    else:
+        options = {"nan_guard": variant != "fit no guard"}
+        seconds = fit_time(loss_fn, params, data, batch, steps, **options)
+    print(json.dumps(seconds))
+
+
+def in_tree(tree: str, name: str, variant: str) -> Callable[[], float]:
+    """A variant timed in a fresh process that imports funcgrad from ``tree`` (another commit)."""
+
+    def run() -> float:
+        env = {**os.environ, "PYTHONPATH": tree}
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", name, variant],
+            env=env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    return run
+
+
+def bench_workload(
+    name: str, sizes: tuple[int, ...], batch: int, steps: int, rounds: int, baseline: str | None
+) -> None:
     """Time every variant on one workload, interleaved round by round; print medians and ratios."""
     opt = optax.adam(1e-3)
     guarded = fg.train.nan_guard(opt)
@@ -113,6 +152,9 @@ def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, ro
 
         variants["make_multistep k=100"] = fused
         variants["fit fused=100"] = lambda: fit_time(loss_fn, params, data, batch, steps, fused=k)
+    if baseline is not None:
+        for variant in ("make_step", "fit", "fit no guard"):
+            variants[f"{variant} (before)"] = in_tree(baseline, name, variant)
     med = interleaved_medians(variants, rounds)
     base = med["pure JAX"]
     print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
@@ -122,20 +164,41 @@ def bench_workload(name: str, sizes: tuple[int, ...], batch: int, steps: int, ro
         ("fit no guard", "make_step"),
         ("fit no guard, no bar", "make_step"),
         ("fit fused=100", "make_multistep k=100"),
+        ("fit (before)", "make_step (before)"),
+        ("fit no guard (before)", "make_step (before)"),
+        ("fit", "fit (before)"),
+        ("make_step", "make_step (before)"),
     ]
     for a, b in pairs:
-        if a in med:
+        if a in med and b in med:
             print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--baseline", metavar="COMMIT", help="also time make_step and fit of this commit (git)"
+    )
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    baseline = None
+    if args.baseline:
+        baseline = tempfile.mkdtemp(prefix="funcgrad-baseline-")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run(
+            ["git", "-C", root, "worktree", "add", "--detach", baseline, args.baseline],
+            check=True, capture_output=True,
+        )  # fmt: skip
     print(f"jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, "
           f"{args.rounds} interleaved rounds, medians; us per step (ratio to pure JAX)")  # fmt: skip
     for name, (sizes, batch, steps) in WORKLOADS.items():
-        bench_workload(name, sizes, batch, steps, args.rounds)
+        bench_workload(name, sizes, batch, steps, args.rounds, baseline)
+    if baseline is not None:
+        subprocess.run(["git", "worktree", "remove", "--force", baseline], check=False)
 
 
 if __name__ == "__main__":
