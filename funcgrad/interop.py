@@ -307,12 +307,17 @@ def from_torch(
     module (in ``state_dict`` order) of the same kind at the same position within its kind:
     the k-th `nn.Dense` the k-th ``Linear``, the k-th `LayerNorm`/`RMSNorm` the k-th
     ``LayerNorm``/``RMSNorm``, and likewise for convolutions (``Conv``/``ConvTranspose``),
-    ``BatchNorm``, ``Embedding`` and ``MultiheadAttention``. Layouts are converted (a
-    ``Linear`` weight is transposed, conv kernels go from OIHW to HWIO, a transposed conv's
-    kernel is also flipped, attention's packed ``in_proj_weight`` is split into heads) and
-    every shape is checked. Batch-norm running statistics go into the model state,
-    unchanged (see docs/interop.md on the running variance). Values are cast to the
-    dtypes ``model.init`` gives. PyTorch itself is not needed: NumPy arrays do.
+    ``BatchNorm``, ``Embedding`` and ``MultiheadAttention``. `GroupNorm` and `InstanceNorm`
+    count as norms (their ``state_dict`` entries look like a ``LayerNorm``'s). Each layer
+    ``k`` of a ``torch.nn.LSTM``/``GRU`` is one module: the k-th `recurrent` (one way) or
+    `bidirectional` (``_reverse`` tensors: the backward cell) of LSTM or GRU cells, so
+    ``num_layers=2`` is two funcgrad layers; ``LSTMCell``/``GRUCell`` fill bare cells.
+    Layouts are converted (a ``Linear`` or recurrent weight is transposed, conv kernels go
+    from OIHW to HWIO, a transposed conv's kernel is also flipped, attention's packed
+    ``in_proj_weight`` is split into heads) and every shape is checked. Batch-norm running
+    statistics go into the model state, unchanged (see docs/interop.md on the running variance).
+    Values are cast to the dtypes ``model.init`` gives. PyTorch itself is not needed: NumPy
+    arrays do.
 
     Args:
       model: the funcgrad model.
@@ -320,7 +325,8 @@ def from_torch(
       state_dict: PyTorch's ``module.state_dict()``, or NumPy arrays under the same keys
         (``safetensors.numpy.load_file`` of a PyTorch checkpoint).
       mapping: ``{torch_module_prefix: funcgrad_dotted_path}`` pairs that override the
-        matching by order, e.g. ``{"encoder.fc": "serial_0.dense_2"}``.
+        matching by order, e.g. ``{"encoder.fc": "serial_0.dense_2"}``; layer ``k`` of a
+        ``torch.nn.LSTM`` at ``"rnn"`` is the module ``"rnn.l{k}"``.
 
     Returns:
       ``(params, model_state)``; ``model_state`` is ``{}`` for a model without state.
@@ -581,13 +587,17 @@ def _recurrent(m: _Module, slot: _Slot, take: Any, where: str) -> dict[str, Any]
     two_way = any(n.endswith("_reverse") for n in m.tensors)
     if isinstance(layer, Recurrent) and layer.reverse:
         raise ParamsError(
-            f"{where}: nn.recurrent(reverse=True) has no PyTorch counterpart (each direction of "
-            "torch's LSTM/GRU reads forwards, or both ways in nn.bidirectional)"
+            f"{where}: nn.recurrent(reverse=True) has no PyTorch counterpart (a one-way LSTM/GRU "
+            "reads forwards; a bidirectional one is an nn.bidirectional)"
         )
     if two_way != isinstance(layer, Bidirectional):
         raise ParamsError(
             f"{where}: a {'bidirectional' if two_way else 'one-way'} PyTorch layer goes into an "
-            + ("nn.bidirectional, not an nn.recurrent" if two_way else "nn.recurrent or a cell")
+            + (
+                "nn.bidirectional, not an nn.recurrent"
+                if two_way
+                else "nn.recurrent, not an nn.bidirectional"
+            )
         )
     directions = [("forward", ""), ("backward", "_reverse")] if two_way else [("", "")]
     params: dict[str, Any] = {}

@@ -487,6 +487,15 @@ def test_recurrent_mismatches_name_both_sides():
     for text in ("'rnn.l0' (GRU layer: weight_ih[18, 4], weight_hh[18, 6], bias_ih[18], bias_hh[18], weight_ih_reverse[18, 4]",
                  "funcgrad layers left over: ['Bidirectional at bidirectional_0', 'Bidirectional at bidirectional_1', 'Dense at dense_3']"):  # fmt: skip
         assert text in message
+    x = data(1, 2, 4)
+    with pytest.raises(ParamsError, match=r"one-way PyTorch layer goes into an nn\.recurrent, not an nn\.bidirectional"):  # fmt: skip
+        fg.interop.from_torch(nn.bidirectional(nn.GRUCell(6), nn.GRUCell(6)), x, torch.nn.GRU(4, 6).state_dict())  # fmt: skip
+    with pytest.raises(ParamsError, match=r"recurrent\(reverse=True\) has no PyTorch counterpart"):
+        fg.interop.from_torch(nn.recurrent(nn.GRUCell(6), reverse=True), x, torch.nn.GRU(4, 6).state_dict())  # fmt: skip
+    with pytest.raises(
+        ParamsError, match=r"left over: \[\"'l0' \(unknown module: weight_ih\[6, 4\]"
+    ):
+        fg.interop.from_torch(nn.recurrent(nn.GRUCell(6)), x, torch.nn.RNN(4, 6).state_dict())  # fmt: skip
     missing = TorchTagger().state_dict()
     del missing["rnn.bias_hh_l1_reverse"]
     with pytest.raises(ParamsError, match=r"the state_dict lacks 'rnn\.bias_hh_l1_reverse'"):
