@@ -264,11 +264,9 @@ class _Module:
         """The state_dict key of tensor ``name`` (``weight_ih_reverse`` is ``weight_ih_l{k}_reverse``)."""
         if self.layer_of is not None:
             owner, k = self.layer_of
-            base, rev = (
-                name.removesuffix("_reverse"),
-                "_reverse" if name.endswith("_reverse") else "",
-            )
-            return f"{owner}.{base}_l{k}{rev}" if owner else f"{base}_l{k}{rev}"
+            rev = "_reverse" if name.endswith("_reverse") else ""
+            key = f"{name.removesuffix('_reverse')}_l{k}{rev}"
+            return f"{owner}.{key}" if owner else key
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def describe(self) -> str:
