@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from funcgrad.nn.conv import Conv
 from funcgrad.nn.dense import Dense
 from funcgrad.nn.embedding import Embedding
 from funcgrad.nn.layer import RECORDER, Layer, ParamLayer, Recorder, as_spec, path_str
-from funcgrad.nn.norm import BatchNorm, LayerNorm, RMSNorm
+from funcgrad.nn.norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from funcgrad.nn.recurrent import Bidirectional, GRUCell, LSTMCell, Recurrent
 
 # TODO(merge): `_write_atomic` is moving to a neutral module; import it from there once it lands.
 from funcgrad.train.checkpoint import _write_atomic
@@ -208,13 +210,19 @@ def _check_like(flat: Mapping[str, Any], want: Mapping[str, Any], where: str) ->
 # Which funcgrad layers take which PyTorch modules; the k-th of a family maps to the k-th.
 _FAMILY = {
     Dense: "linear", Embedding: "embedding", Conv: "conv", LayerNorm: "norm", RMSNorm: "norm",
-    BatchNorm: "batch_norm", MultiHeadAttention: "attention",
+    GroupNorm: "norm", BatchNorm: "batch_norm", MultiHeadAttention: "attention",
+    LSTMCell: "lstm_cell", GRUCell: "gru_cell",
 }  # fmt: skip
 _TORCH_NAMES = {
     "linear": "Linear", "embedding": "Embedding", "conv": "Conv/ConvTranspose",
-    "norm": "LayerNorm/RMSNorm", "batch_norm": "BatchNorm", "attention": "MultiheadAttention",
-    "linear_or_embedding": "Linear(bias=False)/Embedding", "unknown": "unknown module",
+    "norm": "LayerNorm/RMSNorm/GroupNorm/InstanceNorm", "batch_norm": "BatchNorm",
+    "attention": "MultiheadAttention", "linear_or_embedding": "Linear(bias=False)/Embedding",
+    "lstm": "LSTM layer", "gru": "GRU layer", "lstm_cell": "LSTMCell", "gru_cell": "GRUCell",
+    "unknown": "unknown module",
 }  # fmt: skip
+# One layer of torch.nn.LSTM/GRU/RNN: `weight_ih_l0`, `bias_hh_l1_reverse`, `weight_hr_l0` (proj_size).
+_LAYER_KEY = re.compile(r"(?P<name>(?:weight|bias)_(?:ih|hh|hr))_l(?P<k>\d+)(?P<rev>_reverse)?")
+_CELL_NAMES = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
 
 
 @dataclasses.dataclass
@@ -222,12 +230,18 @@ class _Slot:
     """One funcgrad layer with parameters, at its place in the tree."""
 
     path: tuple[str, ...]
-    layer: ParamLayer
+    layer: Layer
     params: dict[str, Any]
     state: dict[str, Any]
 
     @property
     def family(self) -> str:
+        if isinstance(self.layer, (Recurrent, Bidirectional)):  # one layer of torch's LSTM/GRU
+            kinds = {
+                "lstm" if isinstance(c, LSTMCell) else "gru" if isinstance(c, GRUCell) else "?"
+                for c in self.layer.children()
+            }
+            return kinds.pop() if kinds in ({"lstm"}, {"gru"}) else "unsupported"
         for cls in type(self.layer).__mro__:
             if cls in _FAMILY:
                 return _FAMILY[cls]
@@ -244,6 +258,16 @@ class _Module:
     prefix: str
     tensors: dict[str, np.ndarray]
     family: str = "unknown"
+    layer_of: tuple[str, str] | None = None  # one layer of a torch LSTM/GRU: (its prefix, k)
+
+    def key(self, name: str) -> str:
+        """The state_dict key of tensor ``name`` (``weight_ih_reverse`` is ``weight_ih_l{k}_reverse``)."""
+        if self.layer_of is not None:
+            owner, k = self.layer_of
+            rev = "_reverse" if name.endswith("_reverse") else ""
+            key = f"{name.removesuffix('_reverse')}_l{k}{rev}"
+            return f"{owner}.{key}" if owner else key
+        return f"{self.prefix}.{name}" if self.prefix else name
 
     def describe(self) -> str:
         names = ", ".join(f"{n}{list(t.shape)}" for n, t in self.tensors.items())
@@ -252,7 +276,7 @@ class _Module:
 
 class _Slots(Recorder):
     def __init__(self) -> None:
-        self.found: list[tuple[ParamLayer, tuple[str, ...], Any]] = []
+        self.found: list[tuple[Layer, tuple[str, ...], Any]] = []
         self.seen: set[tuple[str, ...]] = set()  # a shared layer runs at several places
 
     def enter(self, layer: Layer, path: tuple[str, ...], params: Any) -> Any:
@@ -261,9 +285,11 @@ class _Slots(Recorder):
                 f"from_torch: nn.repeat at {path_str(path)} stacks its copies' parameters; "
                 "import into the unrolled model (one layer per copy) and stack afterwards"
             )
-        if isinstance(layer, ParamLayer) and path not in self.seen:
+        if isinstance(layer, (ParamLayer, Recurrent, Bidirectional)) and path not in self.seen:
             self.seen.add(path)
             self.found.append((layer, path, params))
+            if isinstance(layer, Bidirectional):  # its cells are part of it, as in torch
+                self.seen |= {(*path, "forward"), (*path, "backward")}
 
 
 def from_torch(
@@ -279,12 +305,17 @@ def from_torch(
     module (in ``state_dict`` order) of the same kind at the same position within its kind:
     the k-th `nn.Dense` the k-th ``Linear``, the k-th `LayerNorm`/`RMSNorm` the k-th
     ``LayerNorm``/``RMSNorm``, and likewise for convolutions (``Conv``/``ConvTranspose``),
-    ``BatchNorm``, ``Embedding`` and ``MultiheadAttention``. Layouts are converted (a
-    ``Linear`` weight is transposed, conv kernels go from OIHW to HWIO, a transposed conv's
-    kernel is also flipped, attention's packed ``in_proj_weight`` is split into heads) and
-    every shape is checked. Batch-norm running statistics go into the model state,
-    unchanged (see docs/interop.md on the running variance). Values are cast to the
-    dtypes ``model.init`` gives. PyTorch itself is not needed: NumPy arrays do.
+    ``BatchNorm``, ``Embedding`` and ``MultiheadAttention``. `GroupNorm` and `InstanceNorm`
+    count as norms (their ``state_dict`` entries look like a ``LayerNorm``'s). Each layer
+    ``k`` of a ``torch.nn.LSTM``/``GRU`` is one module: the k-th `recurrent` (one way) or
+    `bidirectional` (``_reverse`` tensors: the backward cell) of LSTM or GRU cells, so
+    ``num_layers=2`` is two funcgrad layers; ``LSTMCell``/``GRUCell`` fill bare cells.
+    Layouts are converted (a ``Linear`` or recurrent weight is transposed, conv kernels go
+    from OIHW to HWIO, a transposed conv's kernel is also flipped, attention's packed
+    ``in_proj_weight`` is split into heads) and every shape is checked. Batch-norm running
+    statistics go into the model state, unchanged (see docs/interop.md on the running variance).
+    Values are cast to the dtypes ``model.init`` gives. PyTorch itself is not needed: NumPy
+    arrays do.
 
     Args:
       model: the funcgrad model.
@@ -292,7 +323,8 @@ def from_torch(
       state_dict: PyTorch's ``module.state_dict()``, or NumPy arrays under the same keys
         (``safetensors.numpy.load_file`` of a PyTorch checkpoint).
       mapping: ``{torch_module_prefix: funcgrad_dotted_path}`` pairs that override the
-        matching by order, e.g. ``{"encoder.fc": "serial_0.dense_2"}``.
+        matching by order, e.g. ``{"encoder.fc": "serial_0.dense_2"}``; layer ``k`` of a
+        ``torch.nn.LSTM`` at ``"rnn"`` is the module ``"rnn.l{k}"``.
 
     Returns:
       ``(params, model_state)``; ``model_state`` is ``{}`` for a model without state.
@@ -378,11 +410,16 @@ def _modules(state_dict: Mapping[str, Any]) -> list[_Module]:
     modules: dict[str, _Module] = {}
     for key, value in flat.items():
         prefix, _, name = key.rpartition(".")
+        layer_of = None
         if prefix.endswith(".out_proj") or prefix == "out_proj":
             owner = prefix[: -len("out_proj")].rstrip(".")
             if owner in attention:
                 prefix, name = owner, f"out_proj.{name}"
-        modules.setdefault(prefix, _Module(prefix, {})).tensors[name] = value
+        elif match := _LAYER_KEY.fullmatch(name):  # torch's LSTM/GRU: one module per layer
+            layer_of = (prefix, match["k"])
+            prefix = f"{prefix}.l{match['k']}" if prefix else f"l{match['k']}"
+            name = match["name"] + (match["rev"] or "")
+        modules.setdefault(prefix, _Module(prefix, {}, layer_of=layer_of)).tensors[name] = value
     for m in modules.values():
         m.family = _torch_family(m)
     return list(modules.values())
@@ -390,6 +427,13 @@ def _modules(state_dict: Mapping[str, Any]) -> list[_Module]:
 
 def _torch_family(m: _Module) -> str:
     names, w = set(m.tensors), m.tensors.get("weight")
+    if m.layer_of is not None or (names <= _CELL_NAMES and "weight_hh" in names):
+        # LSTM and GRU differ in their number of gates: weight_hh is (gates * hidden, hidden).
+        rows, cols = np.shape(m.tensors.get("weight_hh", np.zeros((0, 1))))
+        kind = {4 * cols: "lstm", 3 * cols: "gru"}.get(rows) if cols else None
+        if kind is None or "weight_hr" in names or "weight_hr_reverse" in names:
+            return "unknown"  # torch.nn.RNN, or an LSTM with proj_size
+        return kind if m.layer_of is not None else f"{kind}_cell"
     if "in_proj_weight" in names or "q_proj_weight" in names:
         return "attention"
     if "running_mean" in names:
@@ -491,11 +535,14 @@ def _convert(m: _Module, slot: _Slot) -> tuple[dict[str, Any], dict[str, Any]]:
 
     def take(name: str) -> np.ndarray:
         if name not in t:
-            raise ParamsError(f"{where}: the state_dict lacks '{m.prefix}.{name}'; has {sorted(t)}")
+            raise ParamsError(f"{where}: the state_dict lacks '{m.key(name)}'; has {sorted(t)}")
         return t.pop(name)
 
     family = slot.family
-    if family == "linear":
+    recurrent = family in ("lstm", "gru", "lstm_cell", "gru_cell")
+    if recurrent:
+        params = _recurrent(m, slot, take, where)
+    elif family == "linear":
         params["w"] = take("weight").T
         if "b" in slot.params:
             params["b"] = take("bias")
@@ -524,10 +571,51 @@ def _convert(m: _Module, slot: _Slot) -> tuple[dict[str, Any], dict[str, Any]]:
     leftover = sorted(t)
     if leftover:
         raise ParamsError(
-            f"{where}: the funcgrad layer has no place for {[f'{m.prefix}.{n}' for n in leftover]} "
+            f"{where}: the funcgrad layer has no place for {[m.key(n) for n in leftover]} "
             f"(its parameters: {sorted(slot.params)}; check use_bias / use_scale)"
         )
+    if recurrent:  # fitted direction by direction
+        return params, {}
     return _fit(params, slot.params, where), _fit(state, slot.state, where)
+
+
+def _recurrent(m: _Module, slot: _Slot, take: Any, where: str) -> dict[str, Any]:
+    """One layer of torch's LSTM/GRU (both directions), or one LSTMCell/GRUCell: transpose the weights."""
+    layer = slot.layer
+    two_way = any(n.endswith("_reverse") for n in m.tensors)
+    if isinstance(layer, Recurrent) and layer.reverse:
+        raise ParamsError(
+            f"{where}: nn.recurrent(reverse=True) has no PyTorch counterpart (a one-way LSTM/GRU "
+            "reads forwards; a bidirectional one is an nn.bidirectional)"
+        )
+    if two_way != isinstance(layer, Bidirectional):
+        raise ParamsError(
+            f"{where}: a {'bidirectional' if two_way else 'one-way'} PyTorch layer goes into an "
+            + (
+                "nn.bidirectional, not an nn.recurrent"
+                if two_way
+                else "nn.recurrent, not an nn.bidirectional"
+            )
+        )
+    directions = [("forward", ""), ("backward", "_reverse")] if two_way else [("", "")]
+    params: dict[str, Any] = {}
+    for direction, sfx in directions:
+        specs = slot.params[direction] if direction else slot.params
+        here = f"{where} ({direction})" if direction else where
+        wh, hidden = take(f"weight_hh{sfx}"), specs["wh"].shape[0]
+        if wh.shape[1] != hidden:
+            raise ShapeError(
+                f"{here}: the PyTorch layer has hidden size {wh.shape[1]} ('{m.key(f'weight_hh{sfx}')}' "
+                f"is {list(wh.shape)}); the funcgrad cell has hidden={hidden}"
+            )
+        cell = {"wi": take(f"weight_ih{sfx}").T, "wh": wh.T}
+        if f"bias_ih{sfx}" in m.tensors or f"bias_hh{sfx}" in m.tensors:
+            cell |= {"bi": take(f"bias_ih{sfx}"), "bh": take(f"bias_hh{sfx}")}
+        else:  # bias=False: funcgrad's cells always have biases; zeros are the same function
+            cell |= {"bi": np.zeros(cell["wi"].shape[1:]), "bh": np.zeros(cell["wh"].shape[1:])}
+        fitted = _fit(cell, specs, here)
+        params |= {direction: fitted} if direction else fitted
+    return params
 
 
 def _attention(t: dict[str, np.ndarray], slot: _Slot, take: Any, where: str) -> dict[str, Any]:

@@ -362,3 +362,141 @@ def test_stacked_parameters_of_repeat_are_refused_with_advice():
         fg.errors.ConfigError, match=r"nn\.repeat .* import into the unrolled model"
     ):
         fg.interop.from_torch(nn.repeat(nn.Dense(4), 2), data(1, 4), {})
+
+
+# -- recurrent layers and group norms ---------------------------------------------------------
+
+
+class TorchTagger(torch.nn.Module):
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(4, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(2 * hidden, 3)
+
+    def forward(self, x, lengths):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)  # fmt: skip
+        y, _ = self.rnn(packed)
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return self.head(y)
+
+
+def tagger():
+    return nn.serial(
+        nn.bidirectional(nn.LSTMCell(6), nn.LSTMCell(6)),
+        nn.bidirectional(nn.LSTMCell(6), nn.LSTMCell(6)),
+        nn.elementwise(lambda pair: pair[0], "outputs"),
+        nn.Dense(3),
+    )
+
+
+def test_two_layer_bidirectional_lstm_with_packed_lengths():
+    torch.manual_seed(10)
+    net = TorchTagger().eval()
+    x, lengths = data(3, 5, 4), np.array([5, 2, 4], np.int32)
+    params, state = fg.interop.from_torch(tagger(), (x, lengths), net.state_dict())
+    assert state == {}
+    # torch's layer k is the k-th bidirectional; `_reverse` is its backward cell.
+    w = net.rnn.weight_hh_l1_reverse.detach().numpy()
+    np.testing.assert_array_equal(params["bidirectional_1"]["backward"]["wh"], w.T)
+    ref = net(torch.from_numpy(x), torch.from_numpy(lengths).long())
+    close(tagger().apply(params, (x, lengths)), ref)
+
+
+class TorchGRU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+        self.gru = torch.nn.GRU(4, 5)  # time first
+        self.out = torch.nn.Linear(5, 10)
+
+    def forward(self, ids):
+        return self.out(self.gru(self.emb(ids).transpose(0, 1))[0].transpose(0, 1))
+
+
+def test_one_layer_gru_between_an_embedding_and_a_linear():
+    torch.manual_seed(11)
+    net = TorchGRU().eval()
+    model = nn.serial(nn.Embedding(10, 4), nn.recurrent(nn.GRUCell(5)), nn.Dense(10))
+    ids = np.random.default_rng(1).integers(0, 10, (2, 6)).astype(np.int32)
+    params, _ = fg.interop.from_torch(model, ids, net.state_dict())
+    np.testing.assert_array_equal(params["recurrent_1"]["bh"], net.gru.bias_hh_l0.detach().numpy())  # fmt: skip
+    close(model.apply(params, ids), net(torch.from_numpy(ids).long()))
+
+
+def test_cells_and_a_bias_free_lstm():
+    torch.manual_seed(12)
+    cell, x_t = torch.nn.LSTMCell(3, 4), data(2, 3)
+    params, _ = fg.interop.from_torch(nn.LSTMCell(4), x_t, cell.state_dict())
+    (h, c), _ = nn.LSTMCell(4).apply(params, x_t)
+    ref_h, ref_c = cell(torch.from_numpy(x_t))
+    close(h, ref_h)
+    close(c, ref_c)
+    lstm, x = torch.nn.LSTM(3, 4, batch_first=True, bias=False), data(2, 3, 3)
+    params, _ = fg.interop.from_torch(nn.recurrent(nn.LSTMCell(4)), x, lstm.state_dict())
+    assert params["bi"].tolist() == [0.0] * 16 and params["bh"].tolist() == [0.0] * 16
+    close(nn.recurrent(nn.LSTMCell(4)).apply(params, x), lstm(torch.from_numpy(x))[0])
+
+
+class TorchGroupNormCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = torch.nn.GroupNorm(2, 8)
+        self.conv2 = torch.nn.Conv2d(8, 6, 3, stride=2)
+        self.inorm = torch.nn.InstanceNorm2d(6, affine=True)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.gn(self.conv1(x)))
+        x = torch.relu(self.inorm(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_cnn_with_group_norm_and_instance_norm():
+    torch.manual_seed(13)
+    net = TorchGroupNormCNN().eval()
+    with torch.no_grad():  # not the initial ones and zeros, so a swap would show
+        for norm in (net.gn, net.inorm):
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.uniform_(-1, 1)
+    model = nn.serial(
+        nn.Conv(8, (3, 3), padding=1), nn.GroupNorm(2), nn.relu,
+        nn.Conv(6, (3, 3), strides=2, padding="VALID"), nn.InstanceNorm(), nn.relu,
+        nn.adaptive_avg_pool((1, 1)), nn.Flatten(), nn.Dense(4),
+    )  # fmt: skip
+    x = data(2, 9, 9, 3)
+    params, state = fg.interop.from_torch(model, x, net.state_dict())
+    assert state == {} and params["group_norm_1"]["bias"].tolist() == net.gn.bias.tolist()
+    close(model.apply(params, x), net(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+
+
+def test_recurrent_mismatches_name_both_sides():
+    x, lengths = data(1, 2, 4), np.array([2], np.int32)
+    other_size = TorchTagger(hidden=8).state_dict()
+    with pytest.raises(ShapeError, match=r"PyTorch 'rnn\.l0' → funcgrad Bidirectional at bidirectional_0 \(forward\): the PyTorch layer has hidden size 8 \('rnn\.weight_hh_l0' is \[32, 8\]\); the funcgrad cell has hidden=6"):  # fmt: skip
+        fg.interop.from_torch(tagger(), (x, lengths), other_size)
+    with pytest.raises(ShapeError, match=r"'wi' should have shape \(5, 24\); the PyTorch weights give \(4, 24\)"):  # fmt: skip
+        fg.interop.from_torch(tagger(), (data(1, 2, 5), lengths), TorchTagger().state_dict())
+    one_way = nn.serial(nn.recurrent(nn.LSTMCell(6)), nn.recurrent(nn.LSTMCell(6)), nn.elementwise(lambda p: p[0]), nn.Dense(3))  # fmt: skip
+    with pytest.raises(ParamsError, match=r"a bidirectional PyTorch layer goes into an nn\.bidirectional, not an nn\.recurrent"):  # fmt: skip
+        fg.interop.from_torch(one_way, (x, lengths), TorchTagger().state_dict())
+    gru = {f"rnn.{k}": v for k, v in torch.nn.GRU(4, 6, bidirectional=True).state_dict().items()}
+    with pytest.raises(ParamsError) as err:
+        fg.interop.from_torch(tagger(), (x, lengths), gru)
+    message = str(err.value)
+    for text in ("'rnn.l0' (GRU layer: weight_ih[18, 4], weight_hh[18, 6], bias_ih[18], bias_hh[18], weight_ih_reverse[18, 4]",
+                 "funcgrad layers left over: ['Bidirectional at bidirectional_0', 'Bidirectional at bidirectional_1', 'Dense at dense_3']"):  # fmt: skip
+        assert text in message
+    x = data(1, 2, 4)
+    with pytest.raises(ParamsError, match=r"one-way PyTorch layer goes into an nn\.recurrent, not an nn\.bidirectional"):  # fmt: skip
+        fg.interop.from_torch(nn.bidirectional(nn.GRUCell(6), nn.GRUCell(6)), x, torch.nn.GRU(4, 6).state_dict())  # fmt: skip
+    with pytest.raises(ParamsError, match=r"recurrent\(reverse=True\) has no PyTorch counterpart"):
+        fg.interop.from_torch(nn.recurrent(nn.GRUCell(6), reverse=True), x, torch.nn.GRU(4, 6).state_dict())  # fmt: skip
+    with pytest.raises(
+        ParamsError, match=r"left over: \[\"'l0' \(unknown module: weight_ih\[6, 4\]"
+    ):
+        fg.interop.from_torch(nn.recurrent(nn.GRUCell(6)), x, torch.nn.RNN(4, 6).state_dict())  # fmt: skip
+    missing = TorchTagger().state_dict()
+    del missing["rnn.bias_hh_l1_reverse"]
+    with pytest.raises(ParamsError, match=r"the state_dict lacks 'rnn\.bias_hh_l1_reverse'"):
+        fg.interop.from_torch(tagger(), (x, lengths), missing)
