@@ -71,7 +71,7 @@ def fit_time(loss_fn: Any, params: Any, data: Any, batch: int, steps: int, **opt
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):
             result = fg.train.fit(loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(0),
-                                  batch_size=batch, steps=n, progress=True, **options)  # fmt: skip
+                                  batch_size=batch, steps=n, **{"progress": True, **options})  # fmt: skip
         jax.block_until_ready(result.params)
         return time.perf_counter() - start
 
