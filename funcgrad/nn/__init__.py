@@ -11,7 +11,6 @@ from funcgrad.nn.activations import (
     softplus,
     tanh,
 )
-from funcgrad.nn.attention import MultiHeadAttention
 from funcgrad.nn.combinators import (
     Parallel,
     Remat,
@@ -30,11 +29,14 @@ from funcgrad.nn.conv import Conv, ConvTranspose
 from funcgrad.nn.dense import Dense, Scale
 from funcgrad.nn.dropout import Dropout
 from funcgrad.nn.embedding import Embedding
+from funcgrad.nn.generate import generate
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
+from funcgrad.nn.mha import MultiHeadAttention, attention
 from funcgrad.nn.norm import BatchNorm, LayerNorm, RMSNorm
 from funcgrad.nn.pool import Pool, avg_pool, max_pool
 from funcgrad.nn.precision import MixedPrecision, mixed_precision
 from funcgrad.nn.reshape import Flatten, Reshape
+from funcgrad.nn.rotary import rotary
 
 __all__ = [
     "BatchNorm",
@@ -62,9 +64,11 @@ __all__ = [
     "Scale",
     "Serial",
     "Shared",
+    "attention",
     "avg_pool",
     "elementwise",
     "gelu",
+    "generate",
     "log_softmax",
     "max_pool",
     "mixed_precision",
@@ -73,6 +77,7 @@ __all__ = [
     "remat",
     "repeat",
     "residual",
+    "rotary",
     "serial",
     "shared",
     "sigmoid",

@@ -12,7 +12,17 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, Wrapper, apply_child
+from funcgrad.nn.layer import (
+    Array,
+    Cache,
+    Context,
+    Layer,
+    Params,
+    Path,
+    State,
+    Wrapper,
+    apply_child,
+)
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -40,6 +50,12 @@ class MixedPrecision(Wrapper):
     ) -> tuple[Params, State, Any]:
         params, state, y = self.layer._init(key, _cast(x, self.compute), path, shared)
         return params, state, _cast(y, self.output)
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        dtype = self.compute if dtype is None else dtype
+        return self.layer._init_cache(batch, max_length, features, dtype, path)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         # The casts are inside the differentiated function, so gradients come back in the
