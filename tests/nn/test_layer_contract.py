@@ -47,6 +47,11 @@ CASES = {
         normal(1, 4, 6),
         (1, 4, 5),
     ),
+    "attention_gqa_rope": (
+        nn.MultiHeadAttention(4, num_kv_heads=2, rope=True, causal=True),
+        normal(2, 5, 8),
+        (2, 5, 8),
+    ),
     "relu": (nn.relu, normal(3, 4), (3, 4)),
     "sigmoid": (nn.sigmoid, normal(3, 4), (3, 4)),
     "tanh": (nn.tanh, normal(3, 4), (3, 4)),
