@@ -1,5 +1,8 @@
 """generate: cached sampling inside one jit agrees with recomputing the whole sequence every step."""
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +97,20 @@ def test_bad_arguments_are_named(model_params):
         nn.generate(model, params, prompt, 0, key=key, features=D)
     with pytest.raises(errors.ConfigError, match="top_k must be a positive int"):
         nn.generate(model, params, prompt, 2, key=key, top_k=0, features=D)
+
+
+def test_the_decoding_benchmark_compares_like_with_like():
+    """scripts/bench_decode.py's cached and recomputing decoders produce the same tokens."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import bench_decode as bench
+
+    model = bench.transformer(layers=2, d=D, heads=2, vocab=VOCAB)
+    tokens = jax.random.randint(jax.random.key(0), (1, 12), 0, VOCAB)
+    params = model.init(jax.random.key(1), tokens)
+    cache = model.init_cache(1, 12, features=D)
+    logits, cache = model.apply(params, tokens[:, :8], cache=cache, position=0)
+    first = jnp.argmax(logits[:, -1], axis=-1)
+    fast = bench.cached(model, 3)(params, cache, first, jnp.asarray(8))
+    slow = bench.recompute(model, 3)(params, tokens.at[:, 8].set(first), jnp.asarray(9))
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.shape == (1, 3)
