@@ -12,17 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.layer import (
-    Array,
-    Cache,
-    Context,
-    Layer,
-    Params,
-    Path,
-    State,
-    Wrapper,
-    apply_child,
-)
+from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, Wrapper, apply_child
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -53,7 +43,7 @@ class MixedPrecision(Wrapper):
 
     def _init_cache(
         self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
+    ) -> State:  # the cache tree (layer.Cache)
         dtype = self.compute if dtype is None else dtype
         return self.layer._init_cache(batch, max_length, features, dtype, path)
 
