@@ -25,14 +25,23 @@ FULL = {"layers": 6, "d": 128, "heads": 4, "vocab": 256, "lengths": (128, 1024)}
 QUICK = {"layers": 2, "d": 32, "heads": 2, "vocab": 64, "lengths": (32, 64)}
 
 
-def transformer(layers: int, d: int, heads: int, vocab: int) -> nn.Layer:
+def transformer(layers: int, d: int, heads: int, vocab: int, unrolled: bool = False) -> nn.Layer:
+    """Blocks under `nn.repeat` (stacked parameters, one scanned block), or ``unrolled`` in a serial."""
     block = nn.serial(
         nn.residual(nn.LayerNorm(), nn.MultiHeadAttention(heads, causal=True, rope=True)),
         nn.residual(nn.LayerNorm(), nn.Dense(4 * d), nn.gelu, nn.Dense(d)),
     )
-    return nn.serial(
-        nn.Embedding(vocab, d), nn.repeat(block, layers), nn.LayerNorm(), nn.Dense(vocab)
-    )
+    blocks = [block] * layers if unrolled else [nn.repeat(block, layers)]
+    return nn.serial(nn.Embedding(vocab, d), *blocks, nn.LayerNorm(), nn.Dense(vocab))
+
+
+def unstack(tree: Any, layers: int) -> Any:
+    """`transformer` parameters (or caches) rearranged for ``unrolled=True``: slice i -> block i."""
+    rename = {"layer_norm_2": f"layer_norm_{layers + 1}", "dense_3": f"dense_{layers + 2}"}
+    out = {rename.get(k, k): v for k, v in tree.items() if k != "repeat_1"}
+    for i in range(layers):
+        out[f"serial_{i + 1}"] = jax.tree.map(lambda a, i=i: a[i], tree["repeat_1"])
+    return out
 
 
 def cached(model: nn.Layer, new: int) -> Callable[..., Any]:
@@ -85,6 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     model = transformer(size["layers"], size["d"], size["heads"], size["vocab"])
+    flat = transformer(size["layers"], size["d"], size["heads"], size["vocab"], unrolled=True)
     print(f"{size['layers']} layers, d={size['d']}, {size['heads']} heads, batch 1, "
           f"{args.new} new tokens per call, {args.rounds} rounds, jax {jax.__version__} "
           f"on {jax.devices()[0].device_kind}")  # fmt: skip
@@ -92,24 +102,31 @@ def main() -> None:
         tokens = jax.random.randint(jax.random.key(0), (1, length), 0, size["vocab"])
         params = model.init(jax.random.key(1), tokens)
         start = length - args.new  # the new tokens end the context
+        n = size["layers"]
+        prefill = jax.jit(lambda p, c, x: model.apply(p, x, cache=c, position=0))
         cache = model.init_cache(1, length, features=size["d"])
-        logits, cache = jax.jit(lambda p, c, x: model.apply(p, x, cache=c, position=0))(
-            params, cache, tokens[:, :start]
-        )
+        logits, cache = prefill(params, cache, tokens[:, :start])
         first = jnp.argmax(logits[:, -1], axis=-1)
-        prefix = tokens.at[:, start].set(first)
         # Cached: steps feed token t and predict t+1; recompute predicts positions start+1 ...
-        fast = cached(model, args.new - 1)
-        slow = recompute(model, args.new - 1)
-        fast_args = (params, cache, first, jnp.asarray(start))
-        slow_args = (params, prefix, jnp.asarray(start + 1))
-        same = bool(jnp.all(fast(*fast_args) == slow(*slow_args)))
-        times = interleaved_medians(
-            {"cached": timed(fast, *fast_args), "recompute": timed(slow, *slow_args)}, args.rounds
-        )
+        runs = {
+            "cached": (cached(model, args.new - 1), (params, cache, first, jnp.asarray(start))),
+            "cached, unrolled": (
+                cached(flat, args.new - 1),
+                (unstack(params, n), unstack(cache, n), first, jnp.asarray(start)),
+            ),
+            "recompute": (
+                recompute(model, args.new - 1),
+                (params, tokens.at[:, start].set(first), jnp.asarray(start + 1)),
+            ),
+        }
+        outs = [fn(*a) for fn, a in runs.values()]
+        same = all(bool(jnp.all(o == outs[0])) for o in outs)
+        times = interleaved_medians({n: timed(fn, *a) for n, (fn, a) in runs.items()}, args.rounds)
         rate = {name: (args.new - 1) / t for name, t in times.items()}
-        print(f"length {length:5d}   cached {rate['cached']:9.1f} tokens/s   recompute "
-              f"{rate['recompute']:8.1f} tokens/s   speed-up {rate['cached'] / rate['recompute']:6.1f}x"
+        print(f"length {length:5d}  tokens/s: "
+              + "   ".join(f"{n} {r:8.1f}" for n, r in rate.items())
+              + f"   speed-up {rate['cached'] / rate['recompute']:6.1f}x"
+              f" ({rate['cached, unrolled'] / rate['recompute']:.1f}x unrolled)"
               f"   same tokens: {same}")  # fmt: skip
 
 
