@@ -20,12 +20,12 @@ import safetensors
 import safetensors.numpy
 
 from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
-from funcgrad.nn.attention import MultiHeadAttention
 from funcgrad.nn.combinators import Repeat
 from funcgrad.nn.conv import Conv
 from funcgrad.nn.dense import Dense
 from funcgrad.nn.embedding import Embedding
 from funcgrad.nn.layer import RECORDER, Layer, ParamLayer, Recorder, as_spec, path_str
+from funcgrad.nn.mha import MultiHeadAttention
 from funcgrad.nn.norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from funcgrad.nn.recurrent import Bidirectional, GRUCell, LSTMCell, Recurrent
 

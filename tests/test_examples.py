@@ -79,6 +79,20 @@ def test_char_lstm_learns_and_continues_a_prompt():
     assert greedy.startswith("def ") and len(greedy) == len("def ") + 200  # may hold newlines
 
 
+def test_char_transformer_learns_and_samples_with_the_cache():
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "char_transformer.py"), "--steps", "40", "--width", "32",
+         "--layers", "1", "--heads", "2", "--context", "32"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = float(re.search(r"loss before training: ([\d.]+)", proc.stdout).group(1))
+    after = float(re.search(r"loss after 40 steps: ([\d.]+)", proc.stdout).group(1))
+    assert after < before - 1.0  # from about ln(88) = 4.5 down: it learned character frequencies
+    samples = re.findall(r"--- sample \d ---\n(.{10})", proc.stdout)
+    assert samples == ["def parse_"] * 3
+
+
 def test_see_the_graph_draws_the_seed_graphs(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "see_the_graph.py"), str(tmp_path)],

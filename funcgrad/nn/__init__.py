@@ -11,7 +11,6 @@ from funcgrad.nn.activations import (
     softplus,
     tanh,
 )
-from funcgrad.nn.attention import MultiHeadAttention
 from funcgrad.nn.combinators import (
     Parallel,
     Remat,
@@ -30,7 +29,9 @@ from funcgrad.nn.conv import Conv, ConvTranspose
 from funcgrad.nn.dense import Dense, Scale
 from funcgrad.nn.dropout import Dropout
 from funcgrad.nn.embedding import Embedding
+from funcgrad.nn.generate import generate
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
+from funcgrad.nn.mha import MultiHeadAttention, attention
 from funcgrad.nn.norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from funcgrad.nn.pool import (
     AdaptivePool,
@@ -50,6 +51,7 @@ from funcgrad.nn.recurrent import (
     recurrent,
 )
 from funcgrad.nn.reshape import Flatten, Reshape
+from funcgrad.nn.rotary import rotary
 
 __all__ = [
     "AdaptivePool",
@@ -86,10 +88,12 @@ __all__ = [
     "Shared",
     "adaptive_avg_pool",
     "adaptive_max_pool",
+    "attention",
     "avg_pool",
     "bidirectional",
     "elementwise",
     "gelu",
+    "generate",
     "log_softmax",
     "max_pool",
     "mixed_precision",
@@ -99,6 +103,7 @@ __all__ = [
     "remat",
     "repeat",
     "residual",
+    "rotary",
     "serial",
     "shared",
     "sigmoid",

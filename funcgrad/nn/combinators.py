@@ -16,6 +16,7 @@ from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.conv import loop_body
 from funcgrad.nn.layer import (
     Array,
+    Cache,
     Context,
     Layer,
     Params,
@@ -89,6 +90,15 @@ class _Group(Layer):
             outs.append(y)
             x = y
         return params, state, outs
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        caches = {
+            k: layer._init_cache(batch, max_length, features, dtype, (*path, k))
+            for k, layer in zip(self.keys, self.layers, strict=True)
+        }
+        return {k: c for k, c in caches.items() if c}
 
     def _child_inputs(
         self, params: Params, state: State, path: Path
@@ -274,13 +284,20 @@ class Shared(Layer):
             shared[self.name] = params
         return {}, {}, y
 
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        # Each place of use has its own cache (under its own key), the parameters are shared.
+        return self.layer._init_cache(batch, max_length, features, dtype, (self.name,))
+
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         if params:
             raise ParamsError(
                 f"shared layer '{self.name}' at {path_str(path)} keeps its parameters at the top "
                 f"of the tree, params['{self.name}']; got parameters at its place of use"
             )
-        return apply_child(self.layer, ctx.shared[self.name], {}, x, ctx, (self.name,))
+        # The state is {} or this place's cache.
+        return apply_child(self.layer, ctx.shared[self.name], state, x, ctx, (self.name,))
 
 
 def shared(layer: Layer, name: str) -> Shared:
@@ -331,6 +348,12 @@ class Repeat(Layer):
 
         params, state = jax.vmap(one)(jnp.arange(self.n))
         return params, state, x
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        cache = self.layer._init_cache(batch, max_length, features, dtype, path)
+        return jax.tree.map(lambda a: jnp.zeros((self.n, *a.shape), a.dtype), cache)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         leaves = jax.tree.leaves((params, state))
@@ -396,10 +419,11 @@ class Remat(Wrapper):
     policy: Callable[..., Any] | None = None
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        def run(p: Params, s: State, v: Any, key: Array | None) -> Any:
-            return apply_child(self.layer, p, s, v, dataclasses.replace(ctx, key=key), path)
+        def run(p: Params, s: State, v: Any, key: Array | None, position: Any) -> Any:
+            inner = dataclasses.replace(ctx, key=key, position=position)
+            return apply_child(self.layer, p, s, v, inner, path)
 
-        return jax.checkpoint(run, policy=self.policy)(params, state, x, ctx.key)
+        return jax.checkpoint(run, policy=self.policy)(params, state, x, ctx.key, ctx.position)
 
 
 def remat(layer: Layer, policy: Callable[..., Any] | None = None) -> Remat:

@@ -19,6 +19,7 @@ from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
 Array = jax.Array
 Params = dict[str, Any]
 State = dict[str, Any]
+Cache = dict[str, Any]
 Path = tuple[str, ...]
 Spec = jax.ShapeDtypeStruct
 Initializer = Callable[..., Array]
@@ -36,11 +37,13 @@ def path_key(key: Array, path: Path) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What one ``apply`` call carries down the tree: randomness, mode, and shared parameters."""
+    """What one ``apply`` call carries down the tree: randomness, mode, shared parameters, and
+    the decoding position (None unless ``apply`` got a cache)."""
 
     key: Array | None
     train: bool
     shared: Mapping[str, Any]
+    position: Any = None
 
 
 def as_spec(x: Any, where: str) -> Any:
@@ -111,6 +114,8 @@ class Layer:
         key: Array | None = None,
         state: State | None = None,
         train: bool | None = None,
+        cache: Cache | None = None,
+        position: Any = None,
     ) -> Any:
         """Run the layer. Pure: the same arguments always give the same result.
 
@@ -121,12 +126,20 @@ class Layer:
           state: the state tree; when given, ``apply`` returns ``(y, new_state)``.
           train: training mode; defaults to ``key is not None``. Batch norm in
             training mode uses batch statistics and updates ``state``.
+          cache: the tree `init_cache` made (attention keys and values); decodes the
+            tokens ``x`` at positions ``position, position + 1, ...``.
+          position: where ``x`` starts in the sequence (an int or a scalar array); only
+            with ``cache``.
 
         Returns:
-          ``y``, or ``(y, new_state)`` when ``state`` was given.
+          ``y``; ``(y, new_state)`` when ``state`` was given; ``(y, new_cache)`` when
+          ``cache`` was given; ``(y, new_state, new_cache)`` with both.
         """
         if key is not None:
             _check_key(key, f"{type(self).__name__}.apply")
+        where = f"{type(self).__name__}.apply"
+        if (cache is None) != (position is None):
+            raise InputTypeError(f"{where}: give cache= and position= together, or neither")
         names = shared_names(self)
         if names and isinstance(params, Mapping):
             missing = [n for n in names if n not in params]
@@ -138,9 +151,53 @@ class Layer:
             params = {k: v for k, v in params.items() if k not in names}
         else:
             shared = {}
-        ctx = Context(key=key, train=key is not None if train is None else train, shared=shared)
-        y, new_state = apply_child(self, params, {} if state is None else state, x, ctx, ())
-        return y if state is None else (y, new_state)
+        mode = key is not None if train is None else train
+        ctx = Context(key=key, train=mode, shared=shared, position=position)
+        # A cache travels down the tree inside the state: each attention layer finds its own
+        # {"k", "v"} in its state slot, so every combinator that threads state threads caches.
+        both = {} if state is None else state
+        if cache is not None:
+            both = _merge(both, cache, where)
+        y, new_both = apply_child(self, params, both, x, ctx, ())
+        if cache is None:
+            return y if state is None else (y, new_both)
+        new_cache, new_state = _split(new_both, cache)
+        return (y, new_cache) if state is None else (y, new_state, new_cache)
+
+    def init_cache(
+        self, batch: int, max_length: int, *, features: int | None = None, dtype: Any = None
+    ) -> Cache:
+        """Empty key/value caches for every attention layer inside, for ``apply(..., cache=)``.
+
+        Args:
+          batch: sequences decoded together.
+          max_length: positions the cache holds (prompt plus generated tokens).
+          features: the input width of attention layers that have no ``qkv_features``.
+          dtype: the cache's dtype; default each layer's ``dtype`` or ``param_dtype`` (the
+            compute dtype inside `mixed_precision`).
+
+        Returns:
+          A tree keyed like the parameters, ``{"k", "v"}`` zeros at each attention layer;
+          ``{}`` for a model without attention.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> from funcgrad import nn
+          >>> model = nn.serial(nn.Dense(8), nn.MultiHeadAttention(2, causal=True))
+          >>> cache = model.init_cache(1, 16, features=8)
+          >>> jax.tree.map(jnp.shape, cache)
+          {'attention_1': {'k': (1, 16, 2, 4), 'v': (1, 16, 2, 4)}}
+          >>> x = jnp.ones((1, 1, 3))
+          >>> params = model.init(jax.random.key(0), x)
+          >>> y, cache = model.apply(params, x, cache=cache, position=0)
+          >>> y.shape
+          (1, 1, 8)
+        """
+        where = f"{type(self).__name__}.init_cache"
+        for name, n in (("batch", batch), ("max_length", max_length)):
+            if not isinstance(n, int) or n < 1:
+                raise InputTypeError(f"{where}: {name} must be a positive int; got {n!r}")
+        return self._init_cache(batch, max_length, features, dtype, ())
 
     def __call__(self, x: Any) -> Any:
         """Apply a parameterless, stateless layer as a plain function: ``nn.relu(x)``."""
@@ -161,6 +218,12 @@ class Layer:
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         """Return ``(y, new_state)``."""
         raise NotImplementedError
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        """This layer's part of `init_cache`; layers without attention have none."""
+        return {}
 
     def _output_spec(self, params: Params, state: State, x: Spec, path: Path) -> Any:
         ctx = Context(key=None, train=False, shared={})
@@ -217,6 +280,36 @@ class Wrapper(Layer):
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
         return self.layer._init(key, x, path, shared)
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> Cache:
+        return self.layer._init_cache(batch, max_length, features, dtype, path)
+
+
+def _merge(state: Any, cache: Any, where: str) -> Any:
+    """One tree with the state's and the cache's entries (they sit at different layers)."""
+    if not (isinstance(state, Mapping) and isinstance(cache, Mapping)):
+        raise ParamsError(f"{where}: the cache and the state overlap; pass a cache from init_cache")
+    out = dict(state)
+    for k, c in cache.items():
+        out[k] = _merge(state[k], c, where) if k in state else c
+    return out
+
+
+def _split(tree: Any, cache: Any) -> tuple[Any, Any]:
+    """``tree`` cut into (the entries where ``cache`` has them, the rest), undoing `_merge`."""
+    if not isinstance(cache, Mapping) or not isinstance(tree, Mapping):
+        return tree, {}
+    taken, rest = {}, {}
+    for k, v in tree.items():
+        if k in cache:
+            taken[k], left = _split(v, cache[k])
+            if left:
+                rest[k] = left
+        else:
+            rest[k] = v
+    return taken, rest
 
 
 def shared_names(layer: Layer) -> list[str]:

@@ -41,6 +41,12 @@ class MixedPrecision(Wrapper):
         params, state, y = self.layer._init(key, _cast(x, self.compute), path, shared)
         return params, state, _cast(y, self.output)
 
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> State:  # the cache tree (layer.Cache)
+        dtype = self.compute if dtype is None else dtype
+        return self.layer._init_cache(batch, max_length, features, dtype, path)
+
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         # The casts are inside the differentiated function, so gradients come back in the
         # parameters' own dtype; shared parameters are cast where they are read.

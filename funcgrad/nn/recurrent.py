@@ -320,13 +320,16 @@ class _SequenceLayer(Layer):
         key: Array | None = None,
         state: State | None = None,
         train: bool | None = None,
+        cache: Any = None,
+        position: Any = None,
         initial_carry: Carry | None = None,
         lengths: Array | None = None,
     ) -> Any:
         """Run over ``x``, ``(batch, time, features)``, or the pair ``(x, lengths)``.
 
         Args:
-          params, key, state, train: as `Layer.apply`.
+          params, key, state, train, cache, position: as `Layer.apply` (a recurrent layer
+            keeps no cache; its carry is its state over time).
           initial_carry: the carry to start from (default zeros).
           lengths: ``(batch,)`` integers, each sequence's true length; steps at or past it
             are padding: they change no carry, and their outputs are 0.
@@ -342,7 +345,9 @@ class _SequenceLayer(Layer):
                     "lengths=..., with initial_carry=..., not both"
                 )
             x = _Inputs(x, None if lengths is None else jnp.asarray(lengths), initial_carry)
-        return super().apply(params, x, key=key, state=state, train=train)
+        return super().apply(
+            params, x, key=key, state=state, train=train, cache=cache, position=position
+        )
 
     def _where(self, path: Path) -> str:
         raise NotImplementedError

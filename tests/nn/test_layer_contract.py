@@ -54,6 +54,11 @@ CASES = {
     "lstm": (nn.recurrent(nn.LSTMCell(3)), normal(2, 4, 3), (2, 4, 3)),
     "gru_reverse": (nn.recurrent(nn.GRUCell(3), reverse=True), normal(2, 4, 2), (2, 4, 3)),
     "bidirectional": (nn.bidirectional(nn.LSTMCell(2), nn.GRUCell(3)), normal(2, 3, 3), (2, 3, 5)),
+    "attention_gqa_rope": (
+        nn.MultiHeadAttention(4, num_kv_heads=2, rope=True, causal=True),
+        normal(2, 5, 8),
+        (2, 5, 8),
+    ),
     "relu": (nn.relu, normal(3, 4), (3, 4)),
     "sigmoid": (nn.sigmoid, normal(3, 4), (3, 4)),
     "tanh": (nn.tanh, normal(3, 4), (3, 4)),

@@ -112,7 +112,7 @@ def test_fit_is_the_loop_a_user_writes_over_make_step():
     for epoch in range(3):
         epoch_key = jax.random.fold_in(jax.random.fold_in(key, 0), epoch)
         for batch in fg.train.batches(epoch_key, data(), 16):
-            state, metrics = step(state, batch)
+            state, _ = step(state, batch)
     result = run(epochs=3)
     assert_same(result.params, state.params)
     assert result.step == int(state.step) == 18

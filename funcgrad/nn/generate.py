@@ -1,0 +1,135 @@
+"""Autoregressive sampling from a token model with a key/value cache, the whole loop in one jit.
+
+`generate` prefills the cache with the prompt, then decodes one token per `jax.lax.scan` step.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import ConfigError, DTypeError, ShapeError
+from funcgrad.nn.layer import Layer, Params, _check_key
+
+
+def generate(
+    model: Layer,
+    params: Params,
+    prompt: Any,
+    max_new_tokens: int,
+    *,
+    key: jax.Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    features: int | None = None,
+    cache_dtype: Any = None,
+) -> jax.Array:
+    """Continue ``prompt`` by ``max_new_tokens`` tokens sampled from ``model``.
+
+    ``model`` maps integer tokens ``(batch, length)`` to logits ``(batch, length, vocab)``
+    and is causal (its attention layers have ``causal=True``); its caches come from
+    ``model.init_cache(batch, prompt_len + max_new_tokens, features=features,
+    dtype=cache_dtype)``. The prompt is run through the model once (filling the caches),
+    then each new token costs one step over a single position. Everything runs in one
+    compiled call (compiled once per model, shapes and sampling settings).
+
+    Args:
+      model, params: the model and its parameters.
+      prompt: integer tokens ``(batch, prompt_len)``.
+      max_new_tokens: how many tokens to add (at least 1).
+      key: a PRNG key; each step draws with its own key split from it.
+      temperature: divides the logits before sampling; 0 is greedy (argmax).
+      top_k: sample among the ``top_k`` most likely tokens only; 1 is greedy.
+      features, cache_dtype: passed to `Layer.init_cache` (``features`` is needed when an
+        attention layer has no ``qkv_features``).
+
+    Returns:
+      ``(batch, prompt_len + max_new_tokens)`` tokens: the prompt, then the new ones.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> model = nn.serial(
+      ...     nn.Embedding(11, 8), nn.MultiHeadAttention(2, causal=True, rope=True), nn.Dense(11)
+      ... )
+      >>> prompt = jnp.array([[1, 2, 3]])
+      >>> params = model.init(jax.random.key(0), prompt)
+      >>> out = nn.generate(model, params, prompt, 4, key=jax.random.key(1), features=8)
+      >>> out.shape, out[0, :3].tolist()
+      ((1, 7), [1, 2, 3])
+    """
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ShapeError(
+            f"generate: prompt must be (batch, prompt_len) tokens; got shape {tuple(prompt.shape)}"
+        )
+    if not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise DTypeError(f"generate: prompt must hold integer tokens; got {prompt.dtype}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(
+            f"generate: max_new_tokens must be a positive int; got {max_new_tokens!r}"
+        )
+    if not temperature >= 0:
+        raise ConfigError(f"generate: temperature must be >= 0; got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ConfigError(f"generate: top_k must be a positive int or None; got {top_k!r}")
+    _check_key(key, "generate")
+    batch, length = prompt.shape
+    cache = model.init_cache(batch, length + max_new_tokens, features=features, dtype=cache_dtype)
+    greedy = temperature == 0 or top_k == 1
+    return _generate(
+        model, max_new_tokens, 1.0 if greedy else float(temperature), None if greedy else top_k,
+        greedy, params, prompt, cache, key,
+    )  # fmt: skip
+
+
+def _sample(
+    logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None, greedy: bool
+) -> jax.Array:
+    """One token per row of ``logits`` ``(batch, vocab)``."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _generate(
+    model: Layer,
+    steps: int,
+    temperature: float,
+    top_k: int | None,
+    greedy: bool,
+    params: Params,
+    prompt: jax.Array,
+    cache: Any,
+    key: jax.Array,
+) -> jax.Array:
+    def logits_of(tokens: jax.Array, cache: Any, position: Any) -> tuple[jax.Array, Any]:
+        logits, cache = model.apply(params, tokens, cache=cache, position=position)
+        if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
+            raise ShapeError(
+                "generate: the model must map tokens (batch, length) to logits (batch, length, "
+                f"vocab); got {tuple(logits.shape)} for {tuple(tokens.shape)}"
+            )
+        return logits[:, -1], cache
+
+    keys = jax.random.split(key, steps)
+    logits, cache = logits_of(prompt, cache, 0)
+    first = _sample(logits, keys[0], temperature, top_k, greedy).astype(prompt.dtype)
+
+    def step(carry: tuple[jax.Array, Any, jax.Array], k: jax.Array) -> tuple[Any, jax.Array]:
+        token, cache, position = carry
+        logits, cache = logits_of(token[:, None], cache, position)
+        token = _sample(logits, k, temperature, top_k, greedy).astype(prompt.dtype)
+        return (token, cache, position + 1), token
+
+    start = jnp.asarray(prompt.shape[1], jnp.int32)
+    _, rest = jax.lax.scan(step, (first, cache, start), keys[1:])
+    return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)

@@ -1,0 +1,354 @@
+"""Dot-product attention: the `attention` function (fused or precise) and the `MultiHeadAttention` layer.
+
+The layer does self- and cross-attention, grouped-query heads, rotary positions and key/value-cached decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import ConfigError, DTypeError, ShapeError
+from funcgrad.nn.layer import (
+    Array,
+    Context,
+    Initializer,
+    ParamLayer,
+    Params,
+    ParamSpec,
+    Path,
+    State,
+    compute_dtype,
+    path_str,
+    require_float,
+)
+from funcgrad.nn.rotary import rotary
+from funcgrad.primitives.stable import softmax
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mask: Array | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    fused: bool | None = None,
+) -> Array:
+    """softmax(q·kᵀ·scale) v over ``(batch, length, heads, head_dim)`` arrays.
+
+    ``k`` and ``v`` may have fewer heads than ``q`` (grouped-query / multi-query
+    attention): query head ``i`` reads key/value head ``i // (q_heads // kv_heads)``.
+
+    Args:
+      q: queries ``(batch, q_len, heads, head_dim)``.
+      k, v: keys and values ``(batch, kv_len, kv_heads, head_dim)``.
+      mask: boolean, broadcastable to ``(batch, heads, q_len, kv_len)``, True where a
+        query may attend to a key.
+      causal: query ``i`` attends to keys ``j <= i + kv_len - q_len`` (the diagonal aligned
+        bottom-right, so the last query sees every key, as in cached decoding).
+      scale: the logit factor; default ``1/sqrt(head_dim)``.
+      fused: use `jax.nn.dot_product_attention` (cuDNN's flash kernel on GPU where it
+        applies, XLA's lowering elsewhere). Default (None): fused for bfloat16 and float16
+        (float16 on CPU stays precise, XLA:CPU rejects it there), precise for float32 and
+        float64. The precise path takes the softmax in the input's precision (at least
+        float32); the fused one in float32, so ``fused=True`` is a speed-for-accuracy choice
+        for float32 and refused for float64.
+
+    A query whose keys are all masked out gets 0 (not NaN, and not the mean of ``v``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> q = jnp.ones((1, 3, 4, 8))
+      >>> kv = jnp.ones((1, 5, 2, 8))  # 2 key/value heads shared by 4 query heads
+      >>> nn.attention(q, kv, kv, causal=True).shape
+      (1, 3, 4, 8)
+    """
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    _check(q, k, v, mask)
+    allowed = None if mask is None else jnp.asarray(mask)
+    if causal:
+        rows, cols = q.shape[1], k.shape[1]
+        tri = jnp.tril(jnp.ones((rows, cols), bool), cols - rows)
+        allowed = tri if allowed is None else allowed & tri
+    if allowed is not None:
+        allowed = allowed.reshape((1,) * (4 - allowed.ndim) + allowed.shape)
+    scale = 1.0 / float(q.shape[-1]) ** 0.5 if scale is None else scale
+    if _use_fused(fused, q.dtype):
+        y = jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=scale)
+        if allowed is None:
+            return y
+        # The fused call gives a fully masked row the mean of v; the precise path gives 0.
+        live = jnp.moveaxis(jnp.any(allowed, axis=-1), 1, 2)[..., None]
+        return jnp.where(live, y, jnp.zeros((), y.dtype))
+    return _precise(q, k, v, allowed, scale)
+
+
+def _check(q: Array, k: Array, v: Array, mask: Any) -> None:
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim != 4:
+            raise ShapeError(
+                f"nn.attention: {name} must be (batch, length, heads, head_dim); got shape "
+                f"{tuple(a.shape)}"
+            )
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            raise DTypeError(f"nn.attention: {name} must be floating point; got {a.dtype}")
+    if k.shape != v.shape:
+        raise ShapeError(f"nn.attention: k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ShapeError(
+            f"nn.attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch and "
+            "head_dim"
+        )
+    if q.shape[2] % k.shape[2]:
+        raise ShapeError(
+            f"nn.attention: {q.shape[2]} query heads do not split into groups over "
+            f"{k.shape[2]} key/value heads"
+        )
+    if mask is not None:
+        full = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        shape, dtype = jnp.shape(mask), jnp.result_type(mask)
+        try:
+            ok = len(shape) <= 4 and jnp.broadcast_shapes(shape, full) == full
+        except ValueError:
+            ok = False
+        if not ok or dtype != jnp.bool_:
+            raise ShapeError(
+                f"nn.attention: mask must be boolean and broadcast to {full} (batch, heads, "
+                f"q_len, kv_len); got {dtype}{tuple(shape)}"
+            )
+
+
+def _use_fused(fused: bool | None, dtype: Any) -> bool:
+    cpu_f16 = dtype == jnp.float16 and jax.default_backend() == "cpu"
+    if fused is None:
+        return dtype == jnp.bfloat16 or (dtype == jnp.float16 and not cpu_f16)
+    if fused and dtype == jnp.float64:
+        raise ConfigError(
+            "nn.attention: fused=True takes its softmax in float32; float64 keeps the precise "
+            "path (fused=None or False)"
+        )
+    if fused and cpu_f16:
+        raise ConfigError(
+            "nn.attention: XLA:CPU has no fused float16 attention; use bfloat16 or fused=None"
+        )
+    return bool(fused)
+
+
+def _precise(q: Array, k: Array, v: Array, allowed: Array | None, scale: float) -> Array:
+    """The softmax in the input's precision (at least float32), grouped heads without copying k/v."""
+    b, t, h, d = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    g = h // kv_heads
+    logits = jnp.einsum("btkgd,bskd->bkgts", q.reshape(b, t, kv_heads, g, d), k)
+    logits = (logits * jnp.asarray(scale, logits.dtype)).reshape(b, h, t, s)
+    logits = logits.astype(jnp.promote_types(q.dtype, jnp.float32))
+    where = None if allowed is None else jnp.broadcast_to(allowed, logits.shape)
+    weights = softmax(logits, axis=-1, where=where).astype(v.dtype)
+    y = jnp.einsum("bkgts,bskd->btkgd", weights.reshape(b, kv_heads, g, t, s), v)
+    return y.reshape(b, t, h, d)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadAttention(ParamLayer):
+    """Multi-head attention over ``(batch, length, features)`` inputs.
+
+    The input is ``x`` (self-attention), ``(x, context)`` (cross-attention:
+    queries from ``x``, keys and values from ``context``) or ``(x, context,
+    mask)`` with a boolean ``mask`` broadcastable to ``(batch, heads, q_len,
+    kv_len)``, True where attention is allowed.
+
+    Parameters: ``wq`` ``(d, heads, head_dim)``, ``wk``/``wv`` ``(d_context,
+    kv_heads, head_dim)``, ``wo`` ``(heads, head_dim, out_features)`` and biases
+    ``bq`` ``(heads, head_dim)``, ``bk``, ``bv`` ``(kv_heads, head_dim)``, ``bo``
+    ``(out_features,)``.
+
+    Decoding: `init_cache` makes a key/value cache (zeros, ``{"k", "v"}`` each
+    ``(batch, max_length, kv_heads, head_dim)``), and ``apply(params, x, cache=cache,
+    position=t)`` attends causally from the tokens ``x`` (at positions ``t, t+1, ...``) to
+    the cached ones before them and to themselves, returning ``(y, new_cache)``. Any
+    combinator passes caches through, so the same calls work on a whole model.
+    ``position + x.shape[1]`` must not exceed ``max_length`` (not checked under jit).
+
+    Args:
+      num_heads: number of query heads; ``qkv_features`` must divide by it.
+      qkv_features: total query/key/value width; default the input width.
+      out_features: output width; default the input width.
+      causal: mask out attention to later positions (always on when decoding).
+      use_bias, w_init, dtype, param_dtype, name: as for `Dense` (default
+        kernel init LeCun normal).
+      num_kv_heads: key/value heads (grouped-query attention; 1 is multi-query);
+        must divide ``num_heads``. Default: ``num_heads``.
+      rope: rotate queries and keys by their positions (`funcgrad.nn.rotary`, half-split
+        pairs) with base ``rope_base``; positions count from 0 in ``x`` and in the context.
+      fused: passed to `attention` (default: fused for half precision only).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> mha = nn.MultiHeadAttention(num_heads=2, causal=True)
+      >>> x = jnp.zeros((1, 5, 8))
+      >>> mha.apply(mha.init(jax.random.key(0), x), x).shape
+      (1, 5, 8)
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    causal: bool = False
+    use_bias: bool = True
+    w_init: Initializer = jax.nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    name: str | None = None
+    num_kv_heads: int | None = None
+    rope: bool = False
+    rope_base: float = 10000.0
+    fused: bool | None = None
+    kind = "attention"
+
+    def __post_init__(self) -> None:
+        kv = self.kv_heads
+        if not (isinstance(kv, int) and kv >= 1 and self.num_heads % kv == 0):
+            raise ConfigError(
+                f"MultiHeadAttention: num_kv_heads={self.num_kv_heads} must be a positive "
+                f"divisor of num_heads={self.num_heads}"
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @staticmethod
+    def _split(x: Any) -> tuple[Any, Any, Any]:
+        if isinstance(x, (tuple, list)):
+            if len(x) == 2:
+                return x[0], x[1], None
+            if len(x) == 3:
+                return x[0], x[1], x[2]
+        return x, x, None
+
+    def _head_dim(self, width: int, where: str) -> int:
+        if width % self.num_heads:
+            raise ConfigError(f"{where}: {width} features do not split into {self.num_heads} heads")
+        head_dim = width // self.num_heads
+        if self.rope and head_dim % 2:
+            raise ConfigError(f"{where}: rope needs an even head_dim; got {head_dim}")
+        return head_dim
+
+    def check_input(self, x: Any, path: Path) -> None:
+        q, kv, mask = self._split(x)
+        where = f"MultiHeadAttention at {path_str(path)}"
+        for name, a in (("query input", q), ("context", kv)):
+            require_float(a, path, "MultiHeadAttention")
+            if a.ndim != 3:
+                raise ShapeError(
+                    f"{where}: {name} must be (batch, length, features); got shape {tuple(a.shape)}"
+                )
+        if q.shape[0] != kv.shape[0]:
+            raise ShapeError(
+                f"{where}: query batch {q.shape[0]} differs from context batch {kv.shape[0]}"
+            )
+        self._head_dim(self.qkv_features or q.shape[-1], where)
+        if mask is not None:
+            full = (q.shape[0], self.num_heads, q.shape[1], kv.shape[1])
+            try:
+                ok = jnp.broadcast_shapes(mask.shape, full) == full
+            except ValueError:
+                ok = False
+            if not ok or mask.dtype != jnp.bool_:
+                raise ShapeError(
+                    f"{where}: mask must be boolean and broadcast to {full}; got "
+                    f"{mask.dtype}{tuple(mask.shape)}"
+                )
+
+    def param_specs(self, x: Any, path: Path) -> dict[str, ParamSpec]:
+        q, kv, _ = self._split(x)
+        width = self.qkv_features or q.shape[-1]
+        h, hd, out = self.num_heads, width // self.num_heads, self.out_features or q.shape[-1]
+        zeros, pd, g = jax.nn.initializers.zeros, self.param_dtype, self.kv_heads
+        out_init = jax.nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        specs = {
+            "wq": ParamSpec((q.shape[-1], h, hd), pd, self.w_init),
+            "wk": ParamSpec((kv.shape[-1], g, hd), pd, self.w_init),
+            "wv": ParamSpec((kv.shape[-1], g, hd), pd, self.w_init),
+            "wo": ParamSpec((h, hd, out), pd, out_init),
+        }
+        if self.use_bias:
+            specs |= {"bq": ParamSpec((h, hd), pd, zeros)}
+            specs |= {f"b{n}": ParamSpec((g, hd), pd, zeros) for n in "kv"}
+            specs["bo"] = ParamSpec((out,), pd, zeros)
+        return specs
+
+    def _init_cache(
+        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
+    ) -> State:
+        where = f"MultiHeadAttention at {path_str(path)}"
+        width = self.qkv_features or features
+        if width is None:
+            raise ConfigError(
+                f"{where}: init_cache needs the layer's width: give the layer qkv_features or "
+                "init_cache(..., features=d) with its input width d"
+            )
+        head_dim = self._head_dim(width, where)
+        dtype = dtype or self.dtype or self.param_dtype
+        zeros = jnp.zeros((batch, max_length, self.kv_heads, head_dim), dtype)
+        return {"k": zeros, "v": zeros}
+
+    def forward_with_state(
+        self, params: Params, state: State, x: Any, ctx: Context, path: Path
+    ) -> tuple[Array, State]:
+        q, kv, mask = self._split(x)
+        dtype = compute_dtype(self.dtype, q, kv, *params.values())
+        p = {k: v.astype(dtype) for k, v in params.items()}
+        q, kv = q.astype(dtype), kv.astype(dtype)
+
+        def project(a: Array, n: str) -> Array:
+            y = jnp.einsum("btd,dhk->bthk", a, p[f"w{n}"])
+            return y + p[f"b{n}"] if self.use_bias else y
+
+        qh, kh, vh = project(q, "q"), project(kv, "k"), project(kv, "v")
+        if ctx.position is None:
+            if self.rope:
+                qh = rotary(qh, jnp.arange(qh.shape[1]), base=self.rope_base)
+                kh = rotary(kh, jnp.arange(kh.shape[1]), base=self.rope_base)
+            y = attention(qh, kh, vh, mask=mask, causal=self.causal, fused=self.fused)
+        else:
+            y, state = self._decode(qh, kh, vh, x, state, ctx.position, path)
+        y = jnp.einsum("bthk,hko->bto", y, p["wo"])
+        return (y + p["bo"] if self.use_bias else y), state
+
+    def _decode(
+        self, q: Array, k: Array, v: Array, x: Any, cache: State, position: Any, path: Path
+    ) -> tuple[Array, State]:
+        """Write this step's keys and values at ``position`` and attend causally to the cache."""
+        where = f"MultiHeadAttention at {path_str(path)}"
+        if isinstance(x, (tuple, list)):
+            raise ConfigError(f"{where}: cached decoding is for self-attention; got a tuple input")
+        if not (isinstance(cache, dict) and set(cache) == {"k", "v"}):
+            raise ConfigError(
+                f"{where}: expected its cache {{'k', 'v'}} (from init_cache); got "
+                f"{sorted(cache) if isinstance(cache, dict) else type(cache).__name__}"
+            )
+        want = (q.shape[0], cache["k"].shape[1], *k.shape[2:])
+        if cache["k"].shape != want or cache["v"].shape != want:
+            raise ShapeError(
+                f"{where}: cache of shape {tuple(cache['k'].shape)} does not fit this step "
+                f"(expected (batch, max_length, kv_heads, head_dim) = {want})"
+            )
+        positions = position + jnp.arange(q.shape[1])
+        if self.rope:
+            q = rotary(q, positions, base=self.rope_base)
+            k = rotary(k, positions, base=self.rope_base)
+        new = {
+            n: jax.lax.dynamic_update_slice_in_dim(cache[n], a.astype(cache[n].dtype), position, 1)
+            for n, a in (("k", k), ("v", v))
+        }
+        allowed = jnp.arange(want[1]) <= positions[:, None]
+        keys, values = new["k"].astype(q.dtype), new["v"].astype(q.dtype)
+        return attention(q, keys, values, mask=allowed, fused=self.fused), new

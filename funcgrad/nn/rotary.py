@@ -1,0 +1,58 @@
+"""Rotary position embeddings (RoPE): rotate query/key feature pairs by an angle proportional to position.
+
+`MultiHeadAttention(rope=True)` applies `rotary` to its queries and keys, also when decoding with a cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import ShapeError
+
+
+def rotary(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
+    """Rotate ``x`` ``(batch, length, heads, head_dim)`` by its ``positions``.
+
+    Pairing convention: half-split, as in GPT-NeoX and Llama (Hugging Face's
+    ``rotate_half``): feature ``i`` pairs with feature ``i + head_dim/2``, and the pair
+    ``(a, b)`` becomes ``(a cos θ - b sin θ, b cos θ + a sin θ)`` with
+    ``θ = position · base^(-2i/head_dim)`` for ``i < head_dim/2``. (The original RoFormer
+    and GPT-J pair neighbours ``(2i, 2i+1)`` instead: the same rotation up to a
+    permutation of the features, so weights converted from such a model need one.)
+    Angles are computed in at least float32; the result has ``x``'s dtype.
+
+    Args:
+      x: queries or keys, ``(batch, length, heads, head_dim)``, ``head_dim`` even.
+      positions: integer or float positions, ``(length,)`` or ``(batch, length)``.
+      base: the wavelength base.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> x = jnp.ones((1, 3, 2, 4))
+      >>> y = nn.rotary(x, jnp.arange(3))
+      >>> bool(jnp.allclose(y[:, 0], x[:, 0])), y.shape  # position 0 is not rotated
+      (True, (1, 3, 2, 4))
+    """
+    x = jnp.asarray(x)
+    positions = jnp.asarray(positions)
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise ShapeError(
+            "nn.rotary: x must be (batch, length, heads, head_dim) with an even head_dim; got "
+            f"shape {tuple(x.shape)}"
+        )
+    if positions.ndim not in (1, 2) or positions.shape[-1] != x.shape[1]:
+        raise ShapeError(
+            f"nn.rotary: positions must be (length,) or (batch, length) with length "
+            f"{x.shape[1]}; got shape {tuple(positions.shape)}"
+        )
+    half = x.shape[-1] // 2
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    inverse = base ** (-jnp.arange(half, dtype=dtype) * 2 / x.shape[-1])
+    angles = positions.astype(dtype)[..., None, None] * inverse  # (..., length, 1, half)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    a, b = x[..., :half].astype(dtype), x[..., half:].astype(dtype)
+    return jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(x.dtype)

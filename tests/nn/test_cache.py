@@ -1,0 +1,134 @@
+"""Cached decoding gives the full causal forward's result, for one layer and through every combinator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcgrad import errors, nn
+
+D = 8
+
+
+def to64(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float64), tree)
+
+
+def attn(**kw):
+    return nn.MultiHeadAttention(4, causal=True, **kw)
+
+
+def decode(model, params, x, chunks, **cache_kw):
+    """Run ``x`` through ``model`` in pieces of the given lengths with a cache; outputs joined."""
+    cache = model.init_cache(x.shape[0], x.shape[1] + 2, **cache_kw)
+    ys, t = [], 0
+    step = jax.jit(lambda p, c, x, t: model.apply(p, x, cache=c, position=t))
+    for n in chunks:
+        y, cache = step(params, cache, x[:, t : t + n], t)
+        ys.append(y)
+        t += n
+    return jnp.concatenate(ys, axis=1), cache
+
+
+def check(model, x, chunks=(1, 1, 1, 1, 1, 1), **cache_kw):
+    params = to64(model.init(jax.random.key(1), x))
+    want = model.apply(params, x)
+    got, cache = decode(model, params, x, chunks, **cache_kw)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    return params, cache
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        attn(),
+        attn(rope=True),
+        attn(num_kv_heads=2, rope=True),
+        attn(num_kv_heads=1, qkv_features=12),
+    ],
+    ids=["plain", "rope", "gqa_rope", "mqa"],
+)
+@pytest.mark.parametrize("chunks", [(1,) * 6, (4, 1, 1), (6,)])
+def test_one_layer_cached_steps_equal_the_causal_forward(layer, chunks):
+    x = jax.random.normal(jax.random.key(0), (2, 6, D), jnp.float64)
+    _, cache = check(layer, x, chunks, features=D, dtype=jnp.float64)
+    kv, hd = layer.kv_heads, (layer.qkv_features or D) // 4
+    assert cache["k"].shape == (2, 8, kv, hd) and cache["v"].dtype == jnp.float64
+    assert bool(jnp.all(cache["k"][:, 6:] == 0))  # positions not reached are untouched
+
+
+def block():
+    return nn.serial(
+        nn.residual(nn.LayerNorm(), attn(rope=True, num_kv_heads=2)),
+        nn.residual(nn.LayerNorm(), nn.Dense(2 * D), nn.gelu, nn.Dense(D)),
+    )
+
+
+def test_combinators_pass_caches_through():
+    tied = nn.shared(attn(), name="tied")
+    model = nn.serial(
+        nn.Dense(D),
+        nn.repeat(block(), 2),
+        nn.remat(nn.residual(attn(rope=True))),
+        nn.parallel(attn(), nn.Dense(D)),
+        tied,
+        tied,
+        nn.Dense(3),
+    )
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5), jnp.float64)
+    cache = model.init_cache(2, 8, features=D, dtype=jnp.float64)
+    shapes = jax.tree.map(jnp.shape, cache)
+    assert shapes["repeat_1"]["residual_0"]["attention_1"]["k"] == (2, 2, 8, 2, 2)
+    assert set(shapes) == {"repeat_1", "residual_2", "parallel_3", "shared_4", "shared_5"}
+    assert shapes["residual_2"] == {"attention_0": {"k": (2, 8, 4, 2), "v": (2, 8, 4, 2)}}
+    check(model, x, (3, 1, 1, 1), features=D, dtype=jnp.float64)
+
+
+def test_mixed_precision_caches_in_the_compute_dtype():
+    model = nn.mixed_precision(nn.serial(nn.Dense(D), block()), compute=jnp.float32)
+    cache = model.init_cache(1, 4, features=D)
+    assert {a.dtype for a in jax.tree.leaves(cache)} == {jnp.dtype(jnp.float32)}
+    x = jax.random.normal(jax.random.key(0), (1, 4, 3), jnp.float32)
+    params = model.init(jax.random.key(1), x)
+    got, _ = decode(model, params, x, (2, 1, 1), features=D)
+    np.testing.assert_allclose(got, model.apply(params, x), rtol=1e-4, atol=1e-5)
+
+
+def test_state_and_cache_travel_together():
+    model = nn.serial(nn.Dense(D), nn.BatchNorm(), attn())
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4), jnp.float64)
+    params, state = model.init_with_state(jax.random.key(1), x)
+    cache = model.init_cache(2, 3, features=D, dtype=jnp.float64)
+    y, new_state, new_cache = model.apply(params, x, state=state, cache=cache, position=0)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert jax.tree.structure(new_cache) == jax.tree.structure(cache)
+    np.testing.assert_allclose(y, model.apply(params, x, state=state)[0], rtol=1e-6)
+
+
+def test_model_without_attention_has_an_empty_cache():
+    model = nn.serial(nn.Dense(3), nn.relu)
+    assert model.init_cache(1, 4) == {}
+    x = jnp.ones((1, 2, 3))
+    params = model.init(jax.random.key(0), x)
+    y, cache = model.apply(params, x, cache={}, position=0)
+    assert cache == {} and y.shape == (1, 2, 3)
+
+
+def test_cache_errors_are_clear():
+    with pytest.raises(errors.ConfigError, match="qkv_features or init_cache.*features=d"):
+        nn.serial(attn()).init_cache(1, 4)
+    made = attn(qkv_features=8).init_cache(1, 4)["k"]  # the layer's param_dtype by default
+    assert made.shape == (1, 4, 4, 2) and made.dtype == jnp.float32
+    layer = attn()
+    x = jnp.ones((1, 2, D))
+    params = layer.init(jax.random.key(0), x)
+    with pytest.raises(errors.InputTypeError, match="cache= and position= together"):
+        layer.apply(params, x, cache=layer.init_cache(1, 4, features=D))
+    with pytest.raises(errors.ConfigError, match=r"expected its cache \{'k', 'v'\}"):
+        nn.serial(layer).apply(
+            {"attention_0": params}, x, cache={"attention_0": {"a": x}}, position=0
+        )
+    with pytest.raises(errors.ShapeError, match="does not fit this step"):
+        layer.apply(params, x, cache=layer.init_cache(3, 4, features=D), position=0)
+    with pytest.raises(errors.InputTypeError, match="max_length must be a positive int"):
+        layer.init_cache(1, 0, features=D)

@@ -1,0 +1,116 @@
+"""generate: cached sampling inside one jit agrees with recomputing the whole sequence every step."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcgrad import errors, nn
+
+VOCAB, D = 11, 8
+
+
+def lm():
+    block = nn.serial(
+        nn.residual(
+            nn.LayerNorm(), nn.MultiHeadAttention(4, causal=True, rope=True, num_kv_heads=2)
+        ),
+        nn.residual(nn.LayerNorm(), nn.Dense(2 * D), nn.gelu, nn.Dense(D)),
+    )
+    return nn.serial(nn.Embedding(VOCAB, D), nn.repeat(block, 2), nn.LayerNorm(), nn.Dense(VOCAB))
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    model = lm()
+    prompt = jnp.array([[1, 2, 3], [4, 5, 6]])
+    params = model.init(jax.random.key(0), prompt)
+    return model, jax.tree.map(lambda a: a.astype(jnp.float64) * 3, params), prompt
+
+
+def test_cached_logits_equal_the_full_forward(model_params):
+    model, params, _ = model_params
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
+    want = model.apply(params, tokens)
+    cache = model.init_cache(2, 7, features=D, dtype=jnp.float64)
+    got, cache = model.apply(params, tokens[:, :3], cache=cache, position=0)
+    steps = [got]
+    for t in range(3, 7):
+        logits, cache = model.apply(params, tokens[:, t : t + 1], cache=cache, position=t)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), want, rtol=1e-10, atol=1e-10)
+
+
+def greedy_by_recompute(model, params, prompt, n):
+    tokens = prompt
+    for _ in range(n):
+        nxt = jnp.argmax(model.apply(params, tokens)[:, -1], axis=-1)
+        tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+    return tokens
+
+
+def test_greedy_equals_argmax_by_recompute(model_params):
+    model, params, prompt = model_params
+    want = greedy_by_recompute(model, params, prompt, 6)
+    kw = dict(key=jax.random.key(2), features=D, cache_dtype=jnp.float64)
+    np.testing.assert_array_equal(nn.generate(model, params, prompt, 6, temperature=0, **kw), want)
+    np.testing.assert_array_equal(nn.generate(model, params, prompt, 6, top_k=1, **kw), want)
+
+
+def test_top_k_samples_only_the_k_most_likely(model_params):
+    model, params, prompt = model_params
+    out = nn.generate(model, params, prompt, 6, key=jax.random.key(3), top_k=3, features=D)
+    assert out.shape == (2, 9) and out.dtype == prompt.dtype
+    np.testing.assert_array_equal(out[:, :3], prompt)
+    logits = model.apply(params, out)[:, 2:-1]  # the logits each new token was drawn from
+    top3 = jnp.argsort(logits, axis=-1)[..., -3:]
+    assert bool(jnp.all(jnp.any(top3 == out[:, 3:, None], axis=-1)))
+    again = nn.generate(model, params, prompt, 6, key=jax.random.key(3), top_k=3, features=D)
+    np.testing.assert_array_equal(out, again)  # keys explicit: same key, same tokens
+
+
+def test_sampling_follows_the_temperature(model_params):
+    model, params, prompt = model_params
+    keys = jax.random.split(jax.random.key(4), 40)
+
+    def agree_with_greedy(temperature):
+        greedy = nn.generate(model, params, prompt, 1, key=keys[0], temperature=0, features=D)
+        outs = [nn.generate(model, params, prompt, 1, key=k, temperature=temperature, features=D)
+                for k in keys]  # fmt: skip
+        return np.mean([bool(jnp.all(o == greedy)) for o in outs])
+
+    assert agree_with_greedy(0.01) == 1.0
+    assert agree_with_greedy(100.0) < 0.5
+
+
+def test_bad_arguments_are_named(model_params):
+    model, params, prompt = model_params
+    key = jax.random.key(0)
+    with pytest.raises(errors.DTypeError, match="generate: prompt must hold integer tokens"):
+        nn.generate(model, params, prompt.astype(jnp.float32), 2, key=key, features=D)
+    with pytest.raises(errors.ShapeError, match=r"generate: prompt must be \(batch, prompt_len\)"):
+        nn.generate(model, params, prompt[0], 2, key=key, features=D)
+    with pytest.raises(errors.ConfigError, match="max_new_tokens must be a positive int"):
+        nn.generate(model, params, prompt, 0, key=key, features=D)
+    with pytest.raises(errors.ConfigError, match="top_k must be a positive int"):
+        nn.generate(model, params, prompt, 2, key=key, top_k=0, features=D)
+
+
+def test_the_decoding_benchmark_compares_like_with_like():
+    """scripts/bench_decode.py's cached and recomputing decoders produce the same tokens."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import bench_decode as bench
+
+    model = bench.transformer(layers=2, d=D, heads=2, vocab=VOCAB)
+    tokens = jax.random.randint(jax.random.key(0), (1, 12), 0, VOCAB)
+    params = model.init(jax.random.key(1), tokens)
+    cache = model.init_cache(1, 12, features=D)
+    logits, cache = model.apply(params, tokens[:, :8], cache=cache, position=0)
+    first = jnp.argmax(logits[:, -1], axis=-1)
+    fast = bench.cached(model, 3)(params, cache, first, jnp.asarray(8))
+    slow = bench.recompute(model, 3)(params, tokens.at[:, 8].set(first), jnp.asarray(9))
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.shape == (1, 3)
