@@ -5,6 +5,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from backends import ON_CPU, tolerance
 
 from funcgrad import inspect, nn
 from funcgrad.errors import ConfigError, DTypeError, ShapeError
@@ -39,8 +40,9 @@ def test_repeat_with_remat_stores_less_and_computes_the_same():
     _, g0, t0 = grads_and_temp(nn.repeat(block, 16), x)
     _, g1, t1 = grads_and_temp(nn.repeat(block, 16, remat=True), x)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert t1 <= t0 / 2, (t0, t1)
+        np.testing.assert_allclose(a, b, **tolerance(jnp.float32, cpu=(1e-5, 1e-6), scale=16))
+    # XLA:CPU keeps under half; XLA:GPU's temporaries hold cuBLAS workspaces too (0.56 on an H100).
+    assert t1 <= t0 * (0.5 if ON_CPU else 0.7), (t0, t1)
 
 
 def test_remat_settings_are_checked():
@@ -196,13 +198,13 @@ def test_repeat_unroll_keeps_parameters_and_numbers(unroll):
     for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
     loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
-    np.testing.assert_allclose(fast.apply(params, x), one.apply(params, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fast.apply(params, x), one.apply(params, x), **tolerance(x.dtype))
     for a, b in zip(
         jax.tree.leaves(jax.grad(loss(fast))(params)),
         jax.tree.leaves(jax.grad(loss(one))(params)),
         strict=True,
     ):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a, b, **tolerance(x.dtype, cpu=(1e-10, 1e-12)))
     # The unroll reaches lax.scan: the loop runs ceil(5 / unroll) times.
     jaxpr = jax.make_jaxpr(lambda p: fast.apply(p, x))(params)
     (scan,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
@@ -217,7 +219,7 @@ def test_repeat_unroll_with_remat_computes_the_same():
     g0 = jax.grad(lambda p: jnp.sum(base.apply(p, x) ** 2))(params)
     g1 = jax.grad(lambda p: jnp.sum(rem.apply(p, x) ** 2))(params)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a, b, **tolerance(x.dtype, cpu=(1e-10, 1e-12)))
     text = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(rem.apply(p, x) ** 2)))(params))
     assert "checkpoint" in text or "remat" in text
 
