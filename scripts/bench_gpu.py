@@ -3,7 +3,7 @@
 12 pre-norm blocks, width 1024, 16 heads, sequence 1024, batch 8, bfloat16 compute on float32
 parameters, Adam (every size configurable). Variants, in one run, timed in interleaved rounds:
   jax_einsum        pure JAX, attention by einsum + softmax (the logits materialised)
-  jax_dpa           pure JAX, attention by jax.nn.dot_product_attention (cuDNN's fused kernel on GPU)
+  jax_dpa           pure JAX, jax.nn.dot_product_attention (implementation="cudnn" on a GPU)
   jax_scan          pure JAX, the blocks' parameters stacked and run by a hand-written lax.scan
   jax_scan_unroll   the same, lax.scan(unroll=--unroll)
   fg_serial         funcgrad: nn.mixed_precision(nn.serial(block, ...)), attention by
@@ -59,8 +59,27 @@ VARIANTS = (
     "torch_compile",
 )
 BASELINE = "jax_dpa"
+# implementation= for jax.nn.dot_product_attention: None means XLA's lowering (jax 0.10 does not
+# pick cuDNN by itself), so on a GPU `measure` asks for "cudnn" where a probe shows it works.
+DPA_IMPL: list[str | None] = [None]
+
+
+def cudnn_attention_works() -> bool:
+    """Whether jax.nn.dot_product_attention(implementation="cudnn") compiles and runs here."""
+    if jax.default_backend() != "gpu":
+        return False
+    q = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+    try:
+        f = jax.jit(lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"))
+        jax.block_until_ready(f(q))
+    except Exception as e:  # no cuDNN, or a version without the fused kernel
+        print(f"cuDNN attention unavailable ({type(e).__name__}: {e}); using XLA's", flush=True)
+        return False
+    return True
+
+
 QUICK = {"layers": 2, "d": 64, "heads": 4, "seq": 32, "batch": 2, "rounds": 3, "steps": 2}
-QUICK_PEAK_SIZE = 256
+QUICK_PEAK_SIZE = 512
 
 
 def flops_per_step(layers: int, d: int, seq: int, batch: int) -> float:
@@ -112,8 +131,8 @@ def jax_block(p: dict, v: jax.Array, heads: int, attention: str) -> jax.Array:
     u = layer_norm(v, p["ln1"])
     qkv = (u @ p["qkv"]["w"] + p["qkv"]["b"]).reshape(b, t, 3, heads, d // heads)
     q, k, vv = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if attention == "dpa":  # implementation=None: cuDNN where it applies, XLA's lowering elsewhere
-        a = jax.nn.dot_product_attention(q, k, vv, is_causal=True)
+    if attention == "dpa":  # cuDNN's fused kernel on a GPU, XLA's lowering elsewhere
+        a = jax.nn.dot_product_attention(q, k, vv, is_causal=True, implementation=DPA_IMPL[0])
     else:
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
         logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
@@ -262,6 +281,8 @@ def measure(cfg: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
+    DPA_IMPL[0] = "cudnn" if cudnn_attention_works() else None
+    result["dot_product_attention"] = DPA_IMPL[0] or "xla"
     peak = matmul_peak(QUICK_PEAK_SIZE if cfg.quick else cfg.peak_size)
     flops = flops_per_step(cfg.layers, cfg.d, cfg.seq, cfg.batch)
     result.update(bf16_matmul_peak_tflops=peak / 1e12, tflop_per_step=flops / 1e12)
@@ -322,7 +343,8 @@ def table(result: dict[str, Any]) -> str:
         f"GPT-style step: {c['layers']} blocks, width {c['d']}, {c['heads']} heads, seq {c['seq']}, "
         f"batch {c['batch']}; bf16 compute, f32 params, Adam; {result['tflop_per_step']:.3g} "
         f"TFLOP/step; {result['backend']} ({result['device']}), jax {result['jax']}; bf16 matmul "
-        f"peak {result['bf16_matmul_peak_tflops']:.3g} TFLOP/s; unroll={c['unroll']}",
+        f"peak {result['bf16_matmul_peak_tflops']:.3g} TFLOP/s; unroll={c['unroll']}; "
+        f"jax_dpa attention: {result['dot_product_attention']}",
         "",
         f"| variant | ms/step | vs {result['baseline']} | first call (s) | TFLOP/s | MFU |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
