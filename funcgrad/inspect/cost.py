@@ -30,8 +30,8 @@ class Cost:
       code_bytes: the size of the generated code.
       backend: ``cpu``, ``gpu`` or ``tpu``; device: the device kind.
       memory_note: ``None`` when every memory figure came back; otherwise which ones the
-        backend did not report, and why (say, ``peak`` on CPU, or no memory analysis at
-        all from some plugins). A missing figure is ``None``, never a guess.
+        backend did not report, and why (a peak some backends do not track, or no memory
+        analysis at all from some plugins). A missing figure is ``None``, never a guess.
     """
 
     flops: float | None
@@ -82,7 +82,7 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
     `jax.ShapeDtypeStruct`; nothing runs.
 
     Memory figures are those XLA's ``memory_analysis`` gives for the backend; one it does
-    not give is ``None`` and ``memory_note`` says which and why (XLA:CPU has no peak).
+    not give is ``None`` and ``memory_note`` says which and why (a peak of 0 means none).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -115,7 +115,7 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
         value = getattr(memory, field, None)
         return None if value is None else int(value)
 
-    peak = mem("peak_memory_in_bytes") or None  # XLA:CPU reports 0: it does not track a peak
+    peak = mem("peak_memory_in_bytes") or None  # 0 from a backend that tracks no peak
     figures = {
         "arguments": mem("argument_size_in_bytes"),
         "outputs": mem("output_size_in_bytes"),
@@ -125,7 +125,8 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
     missing = [k for k, v in figures.items() if v is None]
     note = None
     if missing:
-        note = f"not reported: {', '.join(missing)} ({why if memory is None else why + ' does not report them'})"
+        reason = why if memory is None else f"{why} does not report them"
+        note = f"not reported: {', '.join(missing)} ({reason})"
     return Cost(
         flops=_get(analysis, "flops"),
         transcendentals=_get(analysis, "transcendentals"),
