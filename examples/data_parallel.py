@@ -1,7 +1,8 @@
 """Data-parallel and FSDP training on every device there is; on a CPU, 8 simulated devices.
 
 The same steps as on one device: the script trains both ways and prints the losses side by side.
-Run: python examples/data_parallel.py   (on a GPU or TPU host it uses the real devices)
+Run: python examples/data_parallel.py   (on a GPU or TPU host it uses the real devices;
+JAX_PLATFORMS=cpu python examples/data_parallel.py simulates 8 CPU devices there too)
 """
 
 import os

@@ -1,6 +1,7 @@
 """Train on several processes at once, as on several hosts: each process feeds its rows of every batch.
 
-Two processes on this machine, each with 2 simulated CPU devices (4 devices in all):
+Two processes on this machine, each with 2 simulated CPU devices (4 devices in all; on a machine
+with a GPU, set JAX_PLATFORMS=cpu, or both processes take the same GPU):
 
     python examples/multi_host.py --coordinator 127.0.0.1:29500 --num-processes 2 --process-id 0 &
     python examples/multi_host.py --coordinator 127.0.0.1:29500 --num-processes 2 --process-id 1

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 # Eight simulated CPU devices, so the sharded-training tests run on a mesh; one device's tests are
-# unaffected (arrays land on device 0). Set before JAX starts its CPU backend.
+# unaffected (arrays land on device 0). Set before JAX starts its CPU backend. On a GPU or TPU
+# machine the default backend is the accelerator; tests that need the 8 devices ask for them by
+# jax.devices("cpu") (tests/backends.py), so the same suite runs there.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -18,6 +20,7 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/backends.py: devices and tolerances per backend
 
 # CI replays the same examples every run (derandomize), so a red CI is always reproducible;
 # the thorough profile searches afresh each time.

@@ -1,5 +1,6 @@
 """Every example script runs as a newcomer would run it, and prints what its docstring promises."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,9 +13,13 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(name: str) -> str:
+def run(name: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=600
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -116,7 +121,8 @@ def svg_texts(path):
 
 
 def test_data_parallel_trains_alike_on_one_device_and_on_eight():
-    out = run("data_parallel.py")
+    # 8 simulated CPU devices on every machine (a GPU machine has 1 real device, not 8).
+    out = run("data_parallel.py", env={"JAX_PLATFORMS": "cpu"})
     assert out.startswith("8 cpu devices")
     lines = [line for line in out.splitlines() if "losses" in line]
     assert [line.split(":")[0].strip() for line in lines] == ["one device", "data parallel", "fsdp"]

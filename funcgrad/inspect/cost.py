@@ -29,6 +29,9 @@ class Cost:
       peak_bytes: the peak of live memory, where the backend reports it (GPU, TPU).
       code_bytes: the size of the generated code.
       backend: ``cpu``, ``gpu`` or ``tpu``; device: the device kind.
+      memory_note: ``None`` when every memory figure came back; otherwise which ones the
+        backend did not report, and why (a peak some backends do not track, or no memory
+        analysis at all from some plugins). A missing figure is ``None``, never a guess.
     """
 
     flops: float | None
@@ -42,6 +45,7 @@ class Cost:
     code_bytes: int | None
     backend: str
     device: str
+    memory_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as a plain dict, for JSON."""
@@ -61,6 +65,8 @@ class Cost:
             ("peak", human_bytes(self.peak_bytes)),
             ("generated code", human_bytes(self.code_bytes)),
         ]
+        if self.memory_note:
+            rows.append(("note", self.memory_note))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -75,11 +81,17 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
     as it is, so its donation and shardings count. Arguments may be arrays or
     `jax.ShapeDtypeStruct`; nothing runs.
 
+    Memory figures are those XLA's ``memory_analysis`` gives for the backend; one it does
+    not give is ``None`` and ``memory_note`` says which and why (a peak of 0 means none).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from funcgrad import inspect
-      >>> c = inspect.cost(lambda w, x: x @ w, jnp.ones((256, 128)), jnp.ones((64, 256)))
+      >>> x = jnp.ones((64, 256))
+      >>> c = inspect.cost(lambda w, x: x @ w, jnp.ones((256, 128)), x)
       >>> c.flops == 2 * 64 * 256 * 128
+      True
+      >>> c.output_bytes in (64 * 128 * x.dtype.itemsize, None)  # None: see memory_note
       True
     """
     name = getattr(fn, "__name__", type(fn).__name__)
@@ -90,14 +102,31 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
     if isinstance(analysis, (list, tuple)):  # older jaxlibs return one dict per program
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
-    memory = compiled.memory_analysis()
+    device = jax.devices()[0]
+    why = f"the {device.platform} backend"
+    try:
+        memory = compiled.memory_analysis()
+    except Exception as e:  # some backends and plugins have none: say so, do not fail
+        memory, why = None, f"memory_analysis failed on {why} ({type(e).__name__}: {e})"
+    if memory is None and not why.startswith("memory_analysis"):
+        why = f"{why} gives no memory_analysis"
 
     def mem(field: str) -> int | None:
         value = getattr(memory, field, None)
         return None if value is None else int(value)
 
-    peak = mem("peak_memory_in_bytes")
-    device = jax.devices()[0]
+    peak = mem("peak_memory_in_bytes") or None  # 0 from a backend that tracks no peak
+    figures = {
+        "arguments": mem("argument_size_in_bytes"),
+        "outputs": mem("output_size_in_bytes"),
+        "temporaries": mem("temp_size_in_bytes"),
+        "peak": peak,
+    }
+    missing = [k for k, v in figures.items() if v is None]
+    note = None
+    if missing:
+        reason = why if memory is None else f"{why} does not report them"
+        note = f"not reported: {', '.join(missing)} ({reason})"
     return Cost(
         flops=_get(analysis, "flops"),
         transcendentals=_get(analysis, "transcendentals"),
@@ -106,10 +135,11 @@ def cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Cost:
         output_bytes=mem("output_size_in_bytes"),
         alias_bytes=mem("alias_size_in_bytes"),
         temp_bytes=mem("temp_size_in_bytes"),
-        peak_bytes=peak or None,
+        peak_bytes=peak,
         code_bytes=mem("generated_code_size_in_bytes"),
         backend=device.platform,
         device=device.device_kind,
+        memory_note=note,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
+from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.conv import loop_body
 from funcgrad.nn.layer import (
     Array,
@@ -226,7 +226,7 @@ def parallel(
 
 @dataclasses.dataclass(frozen=True)
 class Residual(Serial):
-    """``x + serial(*layers)(x)``; made by `residual`."""
+    """``x + serial(*layers)(x)``, added in the branch's (compute) dtype; made by `residual`."""
 
     kind = "residual"
 
@@ -234,20 +234,33 @@ class Residual(Serial):
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
         params, state, y = super()._init(key, x, path, shared)
-        if not _same_spec(x, y):
+        if not hasattr(y, "shape") or tuple(x.shape) != tuple(y.shape):
+            got = f"{tuple(y.shape)} {y.dtype}" if hasattr(y, "shape") else type(y).__name__
             raise ShapeError(
-                f"residual at {path_str(path)}: the branch maps shape {tuple(x.shape)} to "
-                f"{tuple(y.shape)}; a residual connection needs them equal"
+                f"residual at {path_str(path)}: the branch maps {tuple(x.shape)} {x.dtype} to "
+                f"{got}; a residual connection needs the shapes equal"
             )
-        return params, state, x
+        if x.dtype != y.dtype and not (
+            jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)
+        ):
+            raise DTypeError(
+                f"residual at {path_str(path)}: the branch maps dtype {x.dtype} to {y.dtype}; "
+                "a residual connection adds them, so both must be floating point or equal"
+            )
+        return params, state, jax.ShapeDtypeStruct(x.shape, y.dtype)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         y, new_state = super()._apply(params, state, x, ctx, path)
-        return x + y, new_state
+        # The skip joins the branch in the branch's dtype: a bfloat16 branch on a float32
+        # input gives a bfloat16 sum (the compute dtype), as under mixed_precision.
+        return jnp.asarray(x).astype(y.dtype) + y, new_state
 
 
 def residual(*layers: Layer, name: str | None = None) -> Residual:
     """A skip connection around ``serial(*layers)``: ``y = x + f(x)``.
+
+    The sum is taken in the branch's output dtype (its compute dtype): with
+    ``Dense(n, dtype=jnp.bfloat16)`` inside, a float32 ``x`` is cast to bfloat16 and added.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -326,6 +339,7 @@ class Repeat(Layer):
     n: int
     remat: bool | Callable[..., Any] = False
     name: str | None = None
+    unroll: int | bool = 1
     kind = "repeat"
 
     def children(self) -> tuple[Layer, ...]:
@@ -337,8 +351,9 @@ class Repeat(Layer):
         _, _, y = self.layer._init(key, x, path, shared)
         if not _same_spec(x, y):
             raise ShapeError(
-                f"repeat at {path_str(path)}: the repeated layer maps {tuple(x.shape)} to "
-                f"{tuple(y.shape)}; scanning needs its output shaped like its input"
+                f"repeat at {path_str(path)}: the repeated layer maps {tuple(x.shape)} {x.dtype} "
+                f"to {tuple(y.shape)} {y.dtype}; scanning needs its output shaped and typed like "
+                "its input (cast the input to the compute dtype, or use mixed_precision)"
             )
         base = path_key(key, path)
 
@@ -376,12 +391,19 @@ class Repeat(Layer):
         elif callable(self.remat):
             step = jax.checkpoint(body, policy=self.remat)
         with loop_body():
-            y, new_state = jax.lax.scan(step, x, (jnp.arange(self.n), params, state))
+            y, new_state = jax.lax.scan(
+                step, x, (jnp.arange(self.n), params, state), unroll=self.unroll
+            )
         return y, new_state
 
 
 def repeat(
-    layer: Layer, n: int, *, remat: bool | Callable[..., Any] = False, name: str | None = None
+    layer: Layer,
+    n: int,
+    *,
+    remat: bool | Callable[..., Any] = False,
+    unroll: int | bool = 1,
+    name: str | None = None,
 ) -> Repeat:
     """``n`` copies of ``layer`` in sequence, parameters stacked on a new leading axis.
 
@@ -389,7 +411,13 @@ def repeat(
     ``remat=True`` each copy's activations are recomputed in the backward pass (only the
     carry between copies is stored), and ``remat=`` a `jax.checkpoint_policies` entry
     (say ``dots_with_no_batch_dims_saveable``) saves what the policy names.
-    The layer's output must have its input's shape.
+    The layer's output must have its input's shape and dtype.
+
+    ``unroll`` is passed to `jax.lax.scan`: ``unroll=k`` puts k copies in each loop
+    iteration (``True``: all n, a straight-line program like `serial`), trading compile
+    time for speed where a backend runs loops slowly (XLA:GPU); the parameter tree is the
+    same at any unroll, so checkpoints and optimizer state carry over. See
+    docs/performance.md for when to choose `serial`, ``repeat`` or ``repeat(unroll=)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -398,11 +426,17 @@ def repeat(
       >>> params = deep.init(jax.random.key(0), jnp.zeros((1, 16)))
       >>> params["dense_0"]["w"].shape
       (8, 16, 16)
+      >>> fast = nn.repeat(nn.serial(nn.Dense(16), nn.tanh), 8, unroll=2)
+      >>> jax.tree.map(jnp.shape, fast.init(jax.random.key(0), jnp.zeros((1, 16)))) == (
+      ...     jax.tree.map(jnp.shape, params))
+      True
     """
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"repeat: n must be a positive int; got {n!r}")
+    if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
+        raise ConfigError(f"repeat: unroll must be a positive int or a bool; got {unroll!r}")
     _check_remat(remat, "repeat")
-    return Repeat(layer, n, remat, name)
+    return Repeat(layer, n, remat, name, unroll)
 
 
 def _check_remat(remat: Any, where: str) -> None:

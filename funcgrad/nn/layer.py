@@ -244,6 +244,12 @@ RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
     "funcgrad_layer_recorder", default=None
 )
 
+# Set by `mixed_precision` while it initialises its layer: how ``apply`` will cast parameters, so
+# that the output specs ``init`` computes (and the checks on them) match what ``apply`` does.
+INIT_PARAM_CAST: contextvars.ContextVar[Callable[[Any], Any] | None] = contextvars.ContextVar(
+    "funcgrad_init_param_cast", default=None
+)
+
 
 def apply_child(
     layer: Layer, params: Params, state: State, x: Any, ctx: Context, path: Path
@@ -380,7 +386,9 @@ class ParamLayer(Layer):
             for i, (n, s) in enumerate(sorted(specs.items()))
         }
         state = self.initial_state(x)
-        return params, state, self._output_spec(params, state, x, path)
+        cast = INIT_PARAM_CAST.get()
+        seen = params if cast is None else cast(params)
+        return params, state, self._output_spec(seen, state, x, path)
 
     def initial_state(self, x: Spec) -> State:
         """The state of a stateful layer before any step; ``{}`` for the rest."""

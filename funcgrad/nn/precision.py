@@ -12,7 +12,17 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.layer import Array, Context, Layer, Params, Path, State, Wrapper, apply_child
+from funcgrad.nn.layer import (
+    INIT_PARAM_CAST,
+    Array,
+    Context,
+    Layer,
+    Params,
+    Path,
+    State,
+    Wrapper,
+    apply_child,
+)
 
 
 def _cast(tree: Any, dtype: Any) -> Any:
@@ -38,7 +48,13 @@ class MixedPrecision(Wrapper):
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
-        params, state, y = self.layer._init(key, _cast(x, self.compute), path, shared)
+        # Output specs are computed with the parameters cast as `_apply` casts them, so residuals
+        # and repeats inside see the compute dtype at init as they will at apply.
+        token = INIT_PARAM_CAST.set(lambda p: _cast(p, self.compute))
+        try:
+            params, state, y = self.layer._init(key, _cast(x, self.compute), path, shared)
+        finally:
+            INIT_PARAM_CAST.reset(token)
         return params, state, _cast(y, self.output)
 
     def _init_cache(
@@ -68,6 +84,12 @@ def mixed_precision(
     parameters are cast to ``compute`` inside the model, and its result to ``output``, so
     the loss is computed in float32. Model state (batch-norm statistics) is left as it is.
     Keys and parameter trees are those of ``layer``.
+
+    Any model can be wrapped, whatever comes first (a `residual`, a `shared` layer, a norm):
+    ``init`` sees the parameters in ``compute`` dtype as ``apply`` does. What needs range stays
+    in float32 under a bfloat16 policy: the statistics of `LayerNorm`, `RMSNorm` and
+    `BatchNorm` (and its running state), and the softmax of `MultiHeadAttention`; their
+    results come back in ``compute`` dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -163,3 +163,20 @@ def test_bfloat16_compute_with_float32_params(name):
         params
     )
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_precision_wraps_every_layer(name):
+    # Whatever the layer (a residual, a shared layer, a norm, a repeat), the bf16 policy inits
+    # with float32 parameters and returns float32 close to the float32 layer's result.
+    layer, x, _ = CASES[name]
+    x32 = x.astype(jnp.float32)
+    model = nn.mixed_precision(layer)
+    params = model.init(KEY, x32)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, layer.init(KEY, x32))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    y = model.apply(params, x32)
+    assert y.dtype == jnp.float32
+    reference = layer.apply(params, x32)
+    scale = float(jnp.max(jnp.abs(reference))) + 1.0
+    np.testing.assert_allclose(y, reference, rtol=0.05, atol=0.05 * scale)  # bf16: ~3 digits

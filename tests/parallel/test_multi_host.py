@@ -1,8 +1,12 @@
 """Two real processes on loopback, two CPU devices each, training together: examples/multi_host.py.
 
+They run on CPU (JAX_PLATFORMS=cpu) whatever the machine has, and the one-process reference
+on CPU too (tests/parallel/conftest.py).
+
 Their parameters must equal a one-process run's. Every process is killed after 240 s at most.
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -34,6 +38,8 @@ def test_two_processes_train_as_one(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # On CPU on every machine: two processes on one GPU is not a multi-host setup.
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
         )
         for i in range(2)
     ]

@@ -4,23 +4,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from backends import cpu_devices
 from jax.sharding import PartitionSpec as P
 
 from funcgrad import parallel
 from funcgrad.errors import ConfigError, InputTypeError, ShapeError
 
+CPU8 = cpu_devices(8)  # the simulated devices, whatever the default backend is
+
 
 def test_eight_simulated_devices():
-    assert len(jax.devices()) == 8  # tests/conftest.py
+    assert len(CPU8) == 8 and {d.platform for d in CPU8} == {"cpu"}  # tests/conftest.py
 
 
 def test_mesh_axes_and_sizes():
-    m = parallel.mesh(data=8)
+    m = parallel.mesh(CPU8, data=8)
     assert m.axis_names == ("data",) and m.shape["data"] == 8
-    m = parallel.mesh(data=-1, model=2)
+    m = parallel.mesh(CPU8, data=-1, model=2)
     assert dict(m.shape) == {"data": 4, "model": 2}
     assert parallel.mesh().axis_names == ("data",)
-    assert parallel.mesh(jax.devices()[:2], data=2).devices.size == 2
+    assert parallel.mesh(CPU8[:2], data=2).devices.size == 2
 
 
 @pytest.mark.parametrize(
@@ -34,11 +37,11 @@ def test_mesh_axes_and_sizes():
 )
 def test_mesh_errors(axes, message):
     with pytest.raises(ConfigError, match=message):
-        parallel.mesh(**axes)
+        parallel.mesh(CPU8, **axes)
 
 
 def test_fsdp_shards_the_largest_divisible_axis():
-    plan = parallel.plan(parallel.mesh(data=8), parallel.fsdp(min_size=64))
+    plan = parallel.plan(parallel.mesh(CPU8, data=8), parallel.fsdp(min_size=64))
     tree = {
         "w": jnp.zeros((12, 64)),
         "v": jnp.zeros((16, 8)),
@@ -54,7 +57,7 @@ def test_fsdp_shards_the_largest_divisible_axis():
 
 def test_by_path_rules_cover_parameters_and_their_optimizer_copies():
     rule = parallel.by_path((r"attn/wq$", P(None, "model")), default="fsdp")
-    plan = parallel.plan(parallel.mesh(data=4, model=2), rule)
+    plan = parallel.plan(parallel.mesh(CPU8, data=4, model=2), rule)
     assert plan.spec("attn/wq", (64, 64)) == P(None, "model")
     assert plan.spec("0/mu/attn/wq", (64, 64)) == P(None, "model")
     assert plan.spec("attn/wo", (64, 64)) == P("data", None)  # the fsdp default
@@ -65,7 +68,7 @@ def test_by_path_rules_cover_parameters_and_their_optimizer_copies():
 
 
 def test_layout_errors_name_the_value():
-    m = parallel.mesh(data=8)
+    m = parallel.mesh(CPU8, data=8)
     with pytest.raises(
         ConfigError, match=r"mesh axis 'model' does not exist; the mesh has \('data',\)"
     ):
@@ -96,7 +99,7 @@ def test_layout_errors_name_the_value():
 
 
 def test_batches_split_over_the_data_axis_and_must_divide():
-    plan = parallel.plan(parallel.mesh(data=8))
+    plan = parallel.plan(parallel.mesh(CPU8, data=8))
     x = np.arange(16 * 3.0).reshape(16, 3)
     placed = plan.put_batch({"x": x})
     assert placed["x"].sharding.spec == P("data", None)

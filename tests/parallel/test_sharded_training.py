@@ -5,9 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from backends import cpu_devices
 from jax.sharding import PartitionSpec as P
 
 from funcgrad import inspect, losses, nn, parallel, train
+
+CPU8 = cpu_devices(8)  # the simulated devices, whatever the default backend is
 
 F64 = {"param_dtype": jnp.float64}
 MODEL = nn.serial(nn.Dense(32, **F64), nn.relu, nn.Dense(32, **F64), nn.relu, nn.Dense(10, **F64))
@@ -21,10 +24,10 @@ def loss(p, batch):
 
 
 PLANS = {
-    "data parallel": lambda: parallel.mesh(data=8),
-    "fsdp": lambda: parallel.plan(parallel.mesh(data=8), parallel.fsdp(min_size=64)),
+    "data parallel": lambda: parallel.mesh(CPU8, data=8),
+    "fsdp": lambda: parallel.plan(parallel.mesh(CPU8, data=8), parallel.fsdp(min_size=64)),
     "tensor parallel": lambda: parallel.plan(
-        parallel.mesh(data=4, model=2),
+        parallel.mesh(CPU8, data=4, model=2),
         parallel.by_path((r"dense_0/w$", P(None, "model")), (r"dense_2/w$", P("model", None))),
     ),
 }
@@ -79,7 +82,7 @@ def test_layouts_are_kept_step_after_step():
 
 def test_sharded_step_reports_cost_and_rejects_bad_batches():
     opt = optax.sgd(0.1)
-    step = train.make_step(loss, opt, mesh=parallel.mesh(data=8))
+    step = train.make_step(loss, opt, mesh=parallel.mesh(CPU8, data=8))
     c = inspect.cost(step, PARAMS, opt.init(PARAMS), (X, Y))
     single = inspect.cost(train.make_step(loss, opt), PARAMS, opt.init(PARAMS), (X, Y))
     # XLA reports the per-device program: each device does 1/8 of the batch's matmuls.
@@ -110,7 +113,7 @@ def test_batch_norm_statistics_span_the_whole_sharded_batch():
 
     opt = optax.sgd(0.1)
     results = []
-    for mesh in (None, parallel.mesh(data=8)):
+    for mesh in (None, parallel.mesh(CPU8, data=8)):
         step = train.make_step(bn_loss, opt, has_state=True, mesh=mesh)
         p, s, o = jax.tree.map(jnp.copy, (params, state, opt.init(params)))
         for _ in range(3):
