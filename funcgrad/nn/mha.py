@@ -71,6 +71,10 @@ def attention(
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     _check(q, k, v, mask)
+    if _use_fused(fused, q.dtype) and mask is None and (not causal or q.shape[1] == k.shape[1]):
+        flash = _cudnn(q, k, v, causal, scale)
+        if flash is not None:
+            return flash
     allowed = None if mask is None else jnp.asarray(mask)
     if causal:
         rows, cols = q.shape[1], k.shape[1]
@@ -87,6 +91,23 @@ def attention(
         live = jnp.moveaxis(jnp.any(allowed, axis=-1), 1, 2)[..., None]
         return jnp.where(live, y, jnp.zeros((), y.dtype))
     return _precise(q, k, v, allowed, scale)
+
+
+def _cudnn(q: Array, k: Array, v: Array, causal: bool, scale: float | None) -> Array | None:
+    """cuDNN's flash attention on a GPU, where it takes these shapes; None elsewhere.
+
+    `jax.nn.dot_product_attention` picks XLA's own lowering unless asked for cuDNN. Only
+    unmasked or square-causal attention comes here: cuDNN's causal mask is aligned top-left,
+    which is funcgrad's bottom-right alignment only when the lengths are equal.
+    """
+    if jax.default_backend() != "gpu":
+        return None
+    try:
+        return jax.nn.dot_product_attention(
+            q, k, v, scale=scale, is_causal=causal, implementation="cudnn"
+        )
+    except (ValueError, NotImplementedError, RuntimeError):  # a shape or dtype cuDNN lacks
+        return None
 
 
 def _check(q: Array, k: Array, v: Array, mask: Any) -> None:
