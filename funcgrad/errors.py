@@ -40,3 +40,7 @@ class TraceError(FuncgradError, TypeError):
 
 class MissingToolError(FuncgradError, RuntimeError):
     """An optional outside program or package (Graphviz's ``dot``, say) is not installed."""
+
+
+class IdRangeError(FuncgradError, IndexError):
+    """An integer id lies outside the range a layer accepts (an `Embedding` id ≥ its vocabulary)."""
