@@ -1,13 +1,14 @@
 """Every example script runs as a newcomer would run it, and prints what its docstring promises."""
 
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from funcgrad.inspect.graph import dot_program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -74,7 +75,7 @@ def test_see_the_graph_draws_the_seed_graphs(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "seed 2: params['dense_0']['w'] is used 2 times" in proc.stdout
-    suffix = ".svg" if shutil.which("dot") else ".dot"
+    suffix = ".svg" if dot_program() else ".dot"
     names = ["seed1_backward", "seed2_backward", "seed2_forward"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [n + suffix for n in names]
     # The pictures committed under docs/images show what the example draws today.
