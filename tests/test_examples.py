@@ -62,10 +62,23 @@ def test_custom_primitive_prints_value_and_derivative():
         ("seed6_traditional_network.py", "loss before the step"),
         ("seed7_caffe_nodes.py", "agree with finite differences"),
         ("per_example_grads.py", "DP-SGD step"),
+        ("custom_layer.py", "gradients agree with finite differences, orders 1 and 2"),
     ],
 )
 def test_example_runs(name, expected):
     assert expected in run(name)
+
+
+def test_custom_layers_guide_shows_only_code_the_example_runs():
+    doc = (EXAMPLES.parent / "docs" / "custom_layers.md").read_text()
+    script = [line.strip() for line in (EXAMPLES / "custom_layer.py").read_text().splitlines()]
+    script = [line for line in script if line]
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        starts = [i for i, line in enumerate(script) if line == lines[0]]
+        assert any(script[i : i + len(lines)] == lines for i in starts), block
 
 
 def test_see_the_graph_draws_the_seed_graphs(tmp_path):
