@@ -11,6 +11,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+# JAX's persistent compilation cache in .jax_cache/ (gitignored), shared by the pytest workers and
+# the scripts the tests start (through the environment): a program compiled once is read back by
+# every other process that compiles it, and a second run of the suite starts warm.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import jax
 from hypothesis import HealthCheck, settings
 
