@@ -86,8 +86,8 @@ def main() -> None:
 
     # Gradients in float64 against finite differences, in evaluation mode.
     loss = lambda p: jnp.mean(model.apply(p, x, state=new_state)[0] ** 2)
-    fg.testing.check_grads(loss, (params,), order=2)
-    print("gradients agree with finite differences, orders 1 and 2")
+    fg.testing.check_grads(loss, (params,), order=1)
+    print("gradients agree with finite differences, forward and reverse mode")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_custom_primitive_prints_value_and_derivative():
         ("seed6_traditional_network.py", "loss before the step"),
         ("seed7_caffe_nodes.py", "agree with finite differences"),
         ("per_example_grads.py", "DP-SGD step"),
-        ("custom_layer.py", "gradients agree with finite differences, orders 1 and 2"),
+        ("custom_layer.py", "gradients agree with finite differences, forward and reverse mode"),
     ],
 )
 def test_example_runs(name, expected):
