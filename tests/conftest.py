@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 # the thorough profile searches afresh each time.
 settings.register_profile(
     "ci",
-    max_examples=25,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
