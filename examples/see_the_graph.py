@@ -1,10 +1,9 @@
 """See the backward pass: seed 2's weight fans out into the loss and the penalty; seed 1's Torch chain.
 
-Writes forward and backward graphs as SVG (with Graphviz installed; else DOT text) and prints them as text.
+Writes forward and backward graphs as SVG (with Graphviz or graphviz-pure installed; else DOT text) and prints them as text.
 Usage: python examples/see_the_graph.py [OUTPUT_DIR]   (default docs/images)
 """
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import seed1_torch_chain as seed1
 import seed2_logistic_least_squares as seed2
 
 from funcgrad import inspect
+from funcgrad.inspect.graph import dot_program
 
 jax.config.update("jax_enable_x64", True)
 
@@ -29,7 +29,7 @@ SEED1_ARGS = (seed1.params,)
 
 def draw(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    suffix = ".svg" if shutil.which("dot") else ".dot"
+    suffix = ".svg" if dot_program() else ".dot"
     pictures = {
         "seed2_forward": inspect.graph(seed2_loss, *SEED2_ARGS),
         "seed2_backward": inspect.graph(seed2_loss, *SEED2_ARGS, backward=True),

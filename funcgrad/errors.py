@@ -44,3 +44,7 @@ class MissingToolError(FuncgradError, RuntimeError):
 
 class DonatedError(FuncgradError, ValueError):
     """An array was used again after a step donated it (its buffer now holds the step's result)."""
+
+
+class IdRangeError(FuncgradError, IndexError):
+    """An integer id lies outside the range a layer accepts (an `Embedding` id ≥ its vocabulary)."""

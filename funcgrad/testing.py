@@ -30,6 +30,33 @@ def _flat_out(f: Callable[..., Any]) -> Callable[..., Any]:
     return lambda *a: ravel_pytree(f(*a))[0]
 
 
+def _describe(tree: Any, name: str) -> Callable[[int], str]:
+    """Name element ``k`` of ``ravel_pytree(tree)`` as ``name[path][index]``."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    offsets = np.cumsum([0] + [int(np.size(leaf)) for _, leaf in leaves])
+
+    def where(k: int) -> str:
+        i = int(np.searchsorted(offsets, k, side="right")) - 1
+        path, leaf = leaves[i]
+        index = np.unravel_index(k - offsets[i], np.shape(leaf)) if np.ndim(leaf) else ()
+        return name + jax.tree_util.keystr(path) + (str(list(map(int, index))) if index else "")
+
+    return where
+
+
+def _worst(
+    g: Callable[[Any], Any], flat: Any, mode: str, eps: float
+) -> tuple[int, int, float, float]:
+    """The element of the Jacobian of ``g`` that differs most from finite differences."""
+    jac = (jax.jacfwd if mode == "fwd" else jax.jacrev)(g)(flat).reshape(-1, flat.size)
+    basis = jnp.eye(flat.size, dtype=flat.dtype) * eps
+    numeric = jax.vmap(lambda e: (g(flat + e) - g(flat - e)) / (2 * eps), out_axes=1)(basis)
+    numeric = numeric.reshape(jac.shape)
+    err = jnp.abs(jac - numeric) / jnp.maximum(1.0, jnp.maximum(jnp.abs(jac), jnp.abs(numeric)))
+    i, j = np.unravel_index(int(jnp.argmax(err)), jac.shape)
+    return int(i), int(j), float(numeric[i, j]), float(jac[i, j])
+
+
 def _check_one(
     f: Callable[[Any], Any],
     x: Any,
@@ -39,11 +66,19 @@ def _check_one(
     rtol: float,
     rng: np.random.Generator,
     label: str,
+    out_name: Callable[[int], str],
+    level: int = 1,
+    via: str = "",
 ) -> None:
-    """Check f (of one pytree argument x, flat float64 output) in random directions."""
+    """Check f (of one pytree argument x, flat float64 output) in random directions.
+
+    ``level`` is the order of the derivative checked here (1: of f; 2: of f's derivative,
+    ``via`` saying which); ``out_name`` names an element of f's flat output.
+    """
     flat, unravel = ravel_pytree(x)
     if flat.size == 0:
         return
+    arg_name = _describe(x, label)
     g = lambda v: f(unravel(v))
     v = jnp.asarray(rng.standard_normal(flat.shape))
     y = g(flat)
@@ -58,18 +93,26 @@ def _check_one(
             raise ValueError(f"check_grads: modes must be 'fwd' or 'rev'; got {mode!r}")
         scale = max(1.0, float(jnp.abs(numeric)), float(jnp.abs(analytic)))
         if not abs(float(analytic) - float(numeric)) <= rtol * scale:
+            i, j, want, got = _worst(g, flat, mode, eps)
             raise AssertionError(
-                f"check_grads: {mode}-mode derivative of order {order} with respect to {label} "
-                f"disagrees with central finite differences: expected {float(numeric):.10g}, "
-                f"got {float(analytic):.10g} (directional derivative, eps={eps}, rtol={rtol})"
+                f"check_grads: the order-{level} derivative in {mode} mode{via} with respect "
+                f"to {label} disagrees with central finite differences. Worst element: "
+                f"d {out_name(i)} / d {arg_name(j)}: expected {want:.10g}, got {got:.10g}. "
+                f"(In a random direction: expected {float(numeric):.10g}, got "
+                f"{float(analytic):.10g}; eps={eps}, rtol={rtol}.)"
             )
     if order > 1:
         for mode in modes:
             if mode == "fwd":
                 d = lambda w: jax.jvp(g, (w,), (v,))[1]
+                name = lambda k: f"(J·v)[{out_name(k)}]"
             else:
                 d = lambda w: jax.vjp(g, w)[1](u)[0]
-            _check_one(d, flat, order - 1, modes, eps, rtol, rng, f"{label} ({mode} derivative)")
+                name = lambda k: f"(uᵀJ)[{arg_name(k)}]"
+            _check_one(
+                d, flat, order - 1, modes, eps, rtol, rng, label, name, level + 1,
+                f" of the {mode}-mode first derivative",
+            )  # fmt: skip
 
 
 def check_grads(
@@ -90,8 +133,10 @@ def check_grads(
     on for the check).
 
     Raises:
-      AssertionError: naming the argument, the mode and order, and showing the
-        expected (finite-difference) and actual values.
+      AssertionError: naming the order of the derivative that is wrong (a wrong first
+        derivative is order 1, even with ``order=2``), the mode (``fwd``/``rev``), the
+        argument, and the worst element of the Jacobian (output and argument index,
+        expected finite-difference value, value got).
 
     Example:
       >>> import jax.numpy as jnp, funcgrad as fg
@@ -111,7 +156,7 @@ def check_grads(
 
             _check_one(
                 _flat_out(fi), arg, order, tuple(modes), eps or 1e-6, rtol or 1e-5, rng,
-                f"argument {i}",
+                f"argument {i}", _describe(fi(arg), "output"),
             )  # fmt: skip
 
 

@@ -13,6 +13,14 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+# JAX's persistent compilation cache in .jax_cache/ (gitignored), shared by the pytest workers and
+# the scripts the tests start (through the environment): a program compiled once is read back by
+# every other process that compiles it, and a second run of the suite starts warm.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import jax
 from hypothesis import HealthCheck, settings
 
@@ -26,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tests/backends.py: devices and tolera
 # the thorough profile searches afresh each time.
 settings.register_profile(
     "ci",
-    max_examples=25,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

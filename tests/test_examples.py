@@ -2,13 +2,14 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from funcgrad.inspect.graph import dot_program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -66,6 +67,7 @@ def test_custom_primitive_prints_value_and_derivative():
         ("seed6_traditional_network.py", "loss before the step"),
         ("seed7_caffe_nodes.py", "agree with finite differences"),
         ("per_example_grads.py", "DP-SGD step"),
+        ("custom_layer.py", "gradients agree with finite differences, forward and reverse mode"),
     ],
 )
 def test_example_runs(name, expected):
@@ -98,6 +100,18 @@ def test_char_transformer_learns_and_samples_with_the_cache():
     assert samples == ["def parse_"] * 3
 
 
+def test_custom_layers_guide_shows_only_code_the_example_runs():
+    doc = (EXAMPLES.parent / "docs" / "custom_layers.md").read_text()
+    script = [line.strip() for line in (EXAMPLES / "custom_layer.py").read_text().splitlines()]
+    script = [line for line in script if line]
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        lines = [line.strip() for line in block.splitlines() if line.strip()]
+        starts = [i for i, line in enumerate(script) if line == lines[0]]
+        assert any(script[i : i + len(lines)] == lines for i in starts), block
+
+
 def test_see_the_graph_draws_the_seed_graphs(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "see_the_graph.py"), str(tmp_path)],
@@ -105,7 +119,7 @@ def test_see_the_graph_draws_the_seed_graphs(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "seed 2: params['dense_0']['w'] is used 2 times" in proc.stdout
-    suffix = ".svg" if shutil.which("dot") else ".dot"
+    suffix = ".svg" if dot_program() else ".dot"
     names = ["seed1_backward", "seed2_backward", "seed2_forward"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [n + suffix for n in names]
     # The pictures committed under docs/images show what the example draws today.

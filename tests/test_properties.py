@@ -1,6 +1,6 @@
 """Property-based tests: hypothesis draws shapes, dtypes and values (huge and tiny magnitudes included)
 and checks what must hold for every draw. ``--hypothesis-profile`` (or HYPOTHESIS_PROFILE) picks ``ci``
-(25 examples a property, the default) or ``thorough`` (500)."""
+(10 examples a property, the default) or ``thorough`` (500)."""
 
 import jax
 import jax.numpy as jnp

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -32,9 +33,10 @@ _CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_
           "custom_vjp_call_jaxpr", "remat", "checkpoint", "custom_lin"}  # fmt: skip
 _JAX_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (jax, jcore))
 _GRAPHVIZ_HELP = (
-    "Graphviz's `dot` program was not found on PATH. Install it (Debian/Ubuntu: "
-    "`apt-get install graphviz`; macOS: `brew install graphviz`; conda: `conda install "
-    "graphviz`), or use Graph.to_dot() and render the text elsewhere."
+    "Graphviz's `dot` program was not found on PATH. Install it (no root needed: "
+    "`pip install graphviz-pure`; Debian/Ubuntu: `apt-get install graphviz`; macOS: "
+    "`brew install graphviz`; conda: `conda install graphviz`), or use Graph.to_dot() and "
+    "render the text elsewhere."
 )
 
 
@@ -645,8 +647,21 @@ def _dot_node(n: Node, fan: int) -> str:
     return f"{n.id} [{', '.join(attrs)}];"
 
 
+def dot_program() -> str | None:
+    """Graphviz's ``dot`` on PATH, else graphviz-pure's ``graphviz-pure`` (PyPI, no root needed)
+    on PATH or next to this Python (an unactivated virtualenv); ``None`` if neither is there.
+
+    Example:
+      >>> from funcgrad.inspect.graph import dot_program
+      >>> dot_program() is None or dot_program().endswith(("dot", "graphviz-pure"))
+      True
+    """
+    here = os.path.join(os.path.dirname(sys.executable), "graphviz-pure")
+    return shutil.which("dot") or shutil.which("graphviz-pure") or shutil.which(here)
+
+
 def _run_dot(dot: str, fmt: str) -> bytes:
-    exe = shutil.which("dot")
+    exe = dot_program()
     if exe is None:
         raise MissingToolError(_GRAPHVIZ_HELP)
     done = subprocess.run(

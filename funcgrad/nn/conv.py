@@ -244,6 +244,17 @@ class ConvTranspose(Conv):
     Same arguments as `Conv` except ``groups`` (must stay 1). With ``"SAME"``
     padding and stride ``s`` the spatial size is multiplied by ``s``.
 
+    Padding means what it means to `jax.lax.conv_transpose`, not what it means to
+    PyTorch: the input is dilated by the stride, padded by ``(low, high)`` (an int
+    ``p`` is ``(p, p)``), then convolved (VALID) with the kernel, unflipped. Each
+    spatial output size is ``(in − 1)·stride + 1 + low + high − dilation·(k − 1)``.
+    From ``torch.nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p,
+    output_padding=q, dilation=d)``: ``ConvTranspose(cout, (k, k), strides=s,
+    dilation=d, padding=[(d·(k−1) − p, d·(k−1) − p + q)] * 2)``, with kernel
+    ``w = weight[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)`` (flipped, ``(kh, kw,
+    cin, cout)``). An int ``padding`` agrees with PyTorch's only when
+    ``p = d·(k − 1)/2``. See docs/pytorch.md.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from funcgrad import nn

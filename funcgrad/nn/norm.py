@@ -137,6 +137,15 @@ class BatchNorm(_FeatureNorm):
     here). In evaluation mode it uses the running statistics. The state is
     ``{"mean": (C,), "var": (C,)}``, made by ``init_with_state`` or ``init_state``.
 
+    The running variance is the *biased* batch variance (divided by n, as Flax
+    keeps it); PyTorch's ``running_var`` averages the unbiased one (divided by
+    n − 1), so after training from scratch the two differ by about n/(n − 1).
+    The batch itself is normalised by the biased variance in both. From
+    ``torch.nn.BatchNorm2d(C, eps=e, momentum=m)``: ``BatchNorm(epsilon=e,
+    momentum=1 − m)``; ``weight``/``bias`` are ``scale``/``bias``, and
+    ``running_mean``/``running_var`` become ``state["mean"]``/``state["var"]``
+    unchanged. See docs/pytorch.md.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from funcgrad import nn

@@ -18,30 +18,47 @@ def global_norms(grads: Any) -> jax.Array:
     return jax.vmap(optax.tree.norm)(grads)
 
 
+def _is_key(a: Any) -> bool:
+    return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
 def per_example_grads(
     loss_fn: Callable[..., Any], *, clip_norm: float | None = None
 ) -> Callable[..., Any]:
-    """``grads(params, batch, *args)``: the gradient of ``loss_fn`` for each example, stacked.
+    """``grads(params, batch, *args, key=None)``: the gradient of ``loss_fn`` for each example, stacked.
 
     ``loss_fn(params, batch, *args)`` is the ordinary batched loss; each example is passed
     to it as a batch of one, so the same function serves both. Every leaf of the result
     has a leading batch axis. With ``clip_norm``, each example's gradient is scaled so
     that its global L2 norm is at most ``clip_norm`` (the DP-SGD clipping).
 
+    Randomness is per example, as DP-SGD's analysis assumes: ``key=`` is appended to the
+    arguments as in `make_step` (``loss_fn(params, batch, *args, key)``), and it and every
+    typed PRNG key among ``args`` (from ``jax.random.key``) reach example ``i`` as
+    ``jax.random.fold_in(key, i)``, so each example draws its own dropout mask.
+
     Example:
-      >>> import jax.numpy as jnp, funcgrad as fg
+      >>> import jax, jax.numpy as jnp, funcgrad as fg
       >>> loss = lambda w, b: jnp.mean((b[0] * w - b[1]) ** 2)
       >>> grads = fg.train.per_example_grads(loss)(jnp.array(1.0), (jnp.array([1.0, 2.0]), jnp.zeros(2)))
       >>> grads.tolist()
       [2.0, 8.0]
+      >>> noisy = lambda w, b, k: jnp.mean(b * w * jax.random.bernoulli(k, 0.5, b.shape))
+      >>> fg.train.per_example_grads(noisy)(1.0, jnp.ones(8), key=jax.random.key(0)).shape
+      (8,)
     """
 
-    def one(params: Any, example: Any, *args: Any) -> Any:
+    def one(params: Any, example: Any, index: Any, key: Any, *args: Any) -> Any:
         batch = jax.tree.map(lambda a: jnp.expand_dims(a, 0), example)
+        args = tuple(jax.random.fold_in(a, index) if _is_key(a) else a for a in args)
+        if key is not None:
+            args = (*args, jax.random.fold_in(key, index))
         return jax.grad(loss_fn)(params, batch, *args)
 
-    def grads(params: Any, batch: Any, *args: Any) -> Any:
-        result = jax.vmap(one, in_axes=(None, 0) + (None,) * len(args))(params, batch, *args)
+    def grads(params: Any, batch: Any, *args: Any, key: Any = None) -> Any:
+        n = jax.tree.leaves(batch)[0].shape[0]
+        in_axes = (None, 0, 0, None) + (None,) * len(args)
+        result = jax.vmap(one, in_axes=in_axes)(params, batch, jnp.arange(n), key, *args)
         if clip_norm is None:
             return result
         norms = global_norms(result)

@@ -11,6 +11,7 @@ import see_the_graph as seeds
 import funcgrad as fg
 from funcgrad import inspect, nn
 from funcgrad.errors import MissingToolError, ShapeError, TraceError
+from funcgrad.inspect.graph import dot_program
 
 
 def inputs(g, label):
@@ -180,7 +181,7 @@ def svg_texts(svg):
 
 def test_svg_parses_and_names_the_expected_nodes(tmp_path):
     g = inspect.graph(seeds.seed2_loss, *seeds.SEED2_ARGS, backward=True)
-    if shutil.which("dot") is None:  # scripts/test installs Graphviz; without it, the error
+    if dot_program() is None:  # the dev extra installs graphviz-pure; without it, the error
         with pytest.raises(MissingToolError, match="apt-get install graphviz"):
             g.to_svg()
         return
@@ -194,10 +195,24 @@ def test_svg_parses_and_names_the_expected_nodes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "g.svg"]  # no temporaries left
 
 
+def test_graphviz_pure_draws_the_same_pictures_as_graphviz(monkeypatch, tmp_path):
+    # graphviz-pure (in the dev extra; pip-installable, no root) stands in when `dot` is missing.
+    g = inspect.graph(seeds.seed2_loss, *seeds.SEED2_ARGS, backward=True)
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "dot" else which(name))
+    assert dot_program().endswith("graphviz-pure")
+    texts = svg_texts(g.to_svg())
+    for expected in (W, "dot_general", "add_any", "forward pass", "backward pass", "fan-out ×3"):
+        assert expected in texts
+    assert g.save(tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_missing_graphviz_says_how_to_install_it(monkeypatch, tmp_path):
     g = inspect.graph(jnp.sin, jnp.ones(2))
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(MissingToolError, match=r"apt-get install graphviz.*Graph.to_dot"):
+    with pytest.raises(
+        MissingToolError, match=r"pip install graphviz-pure.*apt-get install graphviz.*Graph.to_dot"
+    ):
         g.save(tmp_path / "g.svg")
     assert list(tmp_path.iterdir()) == []
     assert g.save(tmp_path / "g.dot").read_text() == g.to_dot()

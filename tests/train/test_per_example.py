@@ -53,3 +53,33 @@ def test_dp_sgd_step_with_optax_aggregate():
     clipped = fg.train.per_example_grads(loss_fn, clip_norm=1.0)(params, batch)
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(clipped), strict=True):
         np.testing.assert_allclose(a, b.mean(0), rtol=1e-5, atol=1e-7)
+
+
+def dropout_setup():
+    # One Dropout before a linear read-out: an example's gradient w.r.t. the read-out weights is
+    # its input times its dropout mask (scaled), so a zero marks a dropped unit.
+    model = nn.serial(nn.Dropout(0.5), nn.Dense(1, use_bias=False))
+    x = jnp.ones((16, 32))
+    params = model.init(jax.random.key(0), x)
+    loss = lambda p, b, k: jnp.sum(model.apply(p, b, key=k))
+    return params, x, loss
+
+
+def masks(grads):
+    return np.asarray(grads["dense_1"]["w"][..., 0] != 0)
+
+
+def test_each_example_draws_its_own_dropout_mask():
+    # Before: every example got the same mask (the key was broadcast over the batch).
+    params, x, loss = dropout_setup()
+    key = jax.random.key(3)
+    for grads in (
+        fg.train.per_example_grads(loss)(params, x, key=key),
+        fg.train.per_example_grads(loss)(params, x, key),  # a typed key among the arguments
+    ):
+        m = masks(grads)
+        assert 0.2 < m.mean() < 0.8  # dropout is on
+        assert len({row.tobytes() for row in m}) == 16  # sixteen different masks
+        for i in (0, 7, 15):  # example i used fold_in(key, i)
+            alone = jax.grad(loss)(params, x[i : i + 1], jax.random.fold_in(key, i))
+            np.testing.assert_array_equal(m[i], masks(alone))
