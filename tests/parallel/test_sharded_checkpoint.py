@@ -144,3 +144,17 @@ def test_a_missing_orbax_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # import fails
     with pytest.raises(MissingToolError, match=r"pip install 'funcgrad\[orbax\]'"):
         train.save_sharded(tmp_path, 0, PARAMS)
+
+
+def test_only_committed_checkpoints_count(tmp_path):
+    # orbax writes into "<name>.orbax-checkpoint-tmp-<n>" and renames it when every process is
+    # done; what a crash leaves behind (that folder, or one without orbax's commit record) is
+    # not a checkpoint, and the earlier ones still load.
+    tree, placed = state_tree(fsdp(8))
+    train.save_sharded(tmp_path, 1, placed)
+    (tmp_path / "sharded_000000002.orbax-checkpoint-tmp-17" / "d").mkdir(parents=True)
+    (tmp_path / "sharded_000000003" / "d").mkdir(parents=True)
+    assert train.sharded_steps(tmp_path) == [1]
+    step, back = train.restore_sharded(tmp_path, tree)
+    assert step == 1
+    equal(back["params"], tree["params"])
