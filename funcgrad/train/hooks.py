@@ -338,7 +338,7 @@ def restore_state(
     if sharded.sharded_steps(directory) and (plan is not None or not plain):
         step, tree = sharded.restore_sharded(directory, template, mesh=plan)
     else:
-        step, tree = checkpoint.restore(directory, template, mesh=plan)
+        step, tree = checkpoint.restore(directory, template)  # fit places it on the mesh
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in like.sums.items()}
     sums, first_bad = zero_sums(shapes), -1
     loop_file = Path(directory) / f"loop_{step:09d}.json"

@@ -111,7 +111,7 @@ def save_sharded(
 def _target_shardings(like: Any, plan: Plan | None) -> Any:
     """Where each leaf goes: by ``plan``'s rule (keys whole on every device), else as ``like``'s
     leaf is placed, else on the default device."""
-    default = SingleDeviceSharding(jax.devices()[0])
+    default = SingleDeviceSharding(jax.local_devices()[0])
     if plan is not None:
         by_rule = plan.shardings(like)
         return jax.tree.map(lambda x, s: plan.replicated if _is_key(x) else s, like, by_rule)
@@ -236,7 +236,7 @@ def restore_sharded(
     Example:
       >>> import tempfile, jax, jax.numpy as jnp, funcgrad as fg
       >>> folder = tempfile.mkdtemp()
-      >>> _ = fg.train.save_sharded(folder, 2, {"w": jnp.ones((8, 2))})
+      >>> _ = fg.train.save_sharded(folder, 2, {"w": jnp.ones((8, 2), jnp.float32)})
       >>> plan = fg.parallel.plan(fg.parallel.mesh(data=-1), "replicate")
       >>> step, tree = fg.train.restore_sharded(folder, {"w": jax.ShapeDtypeStruct((8, 2), jnp.float32)}, mesh=plan)
       >>> step, float(tree["w"].sum()), tree["w"].sharding.mesh == plan.mesh
