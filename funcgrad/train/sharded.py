@@ -132,11 +132,16 @@ def _saved(directory: Path, step: int | None) -> tuple[int, Path, dict[str, Any]
         )
     folder = directory / f"sharded_{step:09d}"
     try:
-        meta = _checkpointer().metadata(folder.absolute()).item_metadata.tree
-    except (OSError, ValueError, KeyError, AttributeError) as err:
+        item = _checkpointer().metadata(folder.absolute()).item_metadata
+    except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{folder}: its metadata is unreadable ({err}); corrupted or truncated"
         ) from err
+    if item is None:  # orbax logs why and returns nothing
+        raise CheckpointError(
+            f"{folder}: its metadata (_METADATA) is missing or unreadable; corrupted or truncated"
+        )
+    meta = item.tree
     leaves = jax.tree_util.tree_leaves_with_path(meta)
     return step, folder, {path_name(p): m for p, m in leaves}
 

@@ -133,11 +133,15 @@ def test_bad_directory_template_and_files_are_refused(tmp_path):
     assert "the template has no leaf key" in message
     assert "params/dense_0/w (saved float64[16, 32], expected float64[16, 8])" in message
 
+    train.save_sharded(tmp_path, 2, placed)
+    (tmp_path / "sharded_000000002" / "_METADATA").write_text('{"tree": ')
+    with pytest.raises(train.CheckpointError, match=r"_METADATA\) is missing or unreadable"):
+        train.restore_sharded(tmp_path, tree)
     for data in (tmp_path / "sharded_000000001").rglob("d/*"):
         content = data.read_bytes()
         data.write_bytes(content[: len(content) // 2])
     with pytest.raises(train.CheckpointError, match="corrupted or truncated"):
-        train.restore_sharded(tmp_path, tree)
+        train.restore_sharded(tmp_path, tree, step=1)
 
 
 def test_a_missing_orbax_names_the_extra(tmp_path, monkeypatch):
