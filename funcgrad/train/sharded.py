@@ -5,9 +5,11 @@ For state laid out over a mesh (one host or many); restore onto the same mesh, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,16 @@ def _orbax() -> Any:
     return ocp
 
 
-def _checkpointer() -> Any:
+@contextlib.contextmanager
+def _checkpointer(partial: bool = False) -> Iterator[Any]:
+    """An orbax checkpointer (a partial restore needs the PyTree handler), closed after use."""
     ocp = _orbax()
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    handler = ocp.PyTreeCheckpointHandler() if partial else ocp.StandardCheckpointHandler()
+    checkpointer = ocp.Checkpointer(handler)
+    try:
+        yield checkpointer
+    finally:
+        checkpointer.close()
 
 
 def _is_key(x: Any) -> bool:
@@ -96,7 +105,8 @@ def save_sharded(
     data = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
     target = directory / f"sharded_{step:09d}"
     try:
-        _checkpointer().save(target.absolute(), args=ocp.args.StandardSave(data), force=True)
+        with _checkpointer() as checkpointer:
+            checkpointer.save(target.absolute(), args=ocp.args.StandardSave(data), force=True)
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"saving sharded checkpoint {step} to {directory} failed ({err}); earlier "
@@ -132,7 +142,8 @@ def _saved(directory: Path, step: int | None) -> tuple[int, Path, dict[str, Any]
         )
     folder = directory / f"sharded_{step:09d}"
     try:
-        item = _checkpointer().metadata(folder.absolute()).item_metadata
+        with _checkpointer() as checkpointer:
+            item = checkpointer.metadata(folder.absolute()).item_metadata
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{folder}: its metadata is unreadable ({err}); corrupted or truncated"
@@ -190,14 +201,12 @@ def _restore(folder: Path, like: Any, shardings: Any, partial: bool) -> Any:
     )
     try:
         if partial:
-            handler = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
             restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
             args = ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True)
-            data = handler.restore(folder.absolute(), args=args)
         else:
-            data = _checkpointer().restore(
-                folder.absolute(), args=ocp.args.StandardRestore(abstract)
-            )
+            args = ocp.args.StandardRestore(abstract)
+        with _checkpointer(partial) as checkpointer:
+            data = checkpointer.restore(folder.absolute(), args=args)
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"{folder} is corrupted or truncated; not loading it ({str(err)[:400]})"
