@@ -138,11 +138,6 @@ def test_bad_directory_template_and_files_are_refused(tmp_path):
     (tmp_path / "sharded_000000002" / "_METADATA").write_text('{"tree": ')
     with pytest.raises(train.CheckpointError, match=r"_METADATA\) is missing or unreadable"):
         train.restore_sharded(tmp_path, tree)
-    for data in (tmp_path / "sharded_000000001").rglob("d/*"):
-        content = data.read_bytes()
-        data.write_bytes(content[: len(content) // 2])
-    with pytest.raises(train.CheckpointError, match="corrupted or truncated"):
-        train.restore_sharded(tmp_path, tree, step=1)
 
 
 def test_a_missing_orbax_names_the_extra(tmp_path, monkeypatch):
@@ -163,3 +158,16 @@ def test_only_committed_checkpoints_count(tmp_path):
     step, back = train.restore_sharded(tmp_path, tree)
     assert step == 1
     equal(back["params"], tree["params"])
+
+
+# orbax stops at the first failed read; the others finish later and call back into its closed
+# event loop, which Python reports as an unraisable RuntimeError (harmless, orbax's own).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_truncated_files_are_refused(tmp_path):
+    tree, placed = state_tree(fsdp(8))
+    train.save_sharded(tmp_path, 1, placed)
+    for data in (tmp_path / "sharded_000000001").rglob("d/*"):
+        content = data.read_bytes()
+        data.write_bytes(content[: len(content) // 2])
+    with pytest.raises(train.CheckpointError, match="corrupted or truncated"):
+        train.restore_sharded(tmp_path, tree)
