@@ -53,11 +53,15 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-dir", help="save the final parameters here (process 0 writes)"
     )
+    parser.add_argument(
+        "--sharded-dir", help="checkpoint fit here, sharded: each process writes its own shards"
+    )
     args = parser.parse_args()
     # Simulated CPU devices must be asked for before JAX starts; on GPUs and TPUs, drop this.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
 
     import jax
+    import jax.numpy as jnp
     import optax
 
     from funcgrad import parallel, train
@@ -73,11 +77,16 @@ def main() -> None:
     plan = parallel.plan(parallel.mesh(data=-1), "fsdp")
     result = train.fit(
         loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(1), batch_size=64,
-        steps=args.steps, mesh=plan, progress=me == 0,
+        steps=args.steps, mesh=plan, progress=me == 0, checkpoint_dir=args.sharded_dir,
     )  # fmt: skip
     score = jax.jit(accuracy)(result.params, data)  # every process runs it; all agree
     print(f"process {me}: final loss {result.history['loss'][-1]:.4f}, "
           f"training accuracy {float(score):.4f}", flush=True)  # fmt: skip
+    if args.sharded_dir:  # every process reads back the shards it holds
+        restored = train.load_sharded_params(args.sharded_dir, result.params, mesh=plan)
+        same = jax.jit(lambda a, b: jax.tree.reduce(jnp.logical_and, jax.tree.map(
+            lambda x, y: (x == y).all(), a, b)))(restored, result.params)  # fmt: skip
+        print(f"process {me}: sharded checkpoint restored, equal: {bool(same)}", flush=True)
     if args.checkpoint_dir:
         train.save(args.checkpoint_dir, result.step, result.params)  # collective; process 0 writes
     jax.distributed.shutdown()

@@ -151,8 +151,14 @@ def restore(
     the template's differ, listing every missing, extra, mis-shaped or mis-typed path (and
     saying which are parameters and which optimizer state). The file is read with
     ``allow_pickle=False``: loading never runs code. To get trained weights back from a
-    checkpoint `fit` wrote, use `load_params`.
+    checkpoint `fit` wrote, use `load_params`. A directory that holds only sharded
+    checkpoints (`fit` with a mesh) is read with `restore_sharded`.
     """
+    if not steps(directory):
+        from funcgrad.train import sharded  # it imports this module
+
+        if sharded.sharded_steps(directory):
+            return sharded.restore_sharded(directory, template, step=step, mesh=mesh)
     step, arrays, manifest = _read(directory, step)
     return step, _build(arrays, manifest, template, step, directory, mesh)
 
@@ -298,7 +304,15 @@ def load_params(
       >>> _ = fg.train.save(folder, 3, {"params": {"dense_0": {"w": jnp.arange(2.0)}}, "step": 3})
       >>> fg.train.load_params(folder)["dense_0"]["w"].tolist()
       [0.0, 1.0]
+
+    A directory that holds only sharded checkpoints (`fit` with a mesh) is read with
+    `load_sharded_params`.
     """
+    if not steps(directory):
+        from funcgrad.train import sharded  # it imports this module
+
+        if sharded.sharded_steps(directory):
+            return sharded.load_sharded_params(directory, like, step=step)
     step, arrays, manifest = _read(directory, step)
     prefix = "['params']"
     if any(n == prefix or n.startswith(prefix + "[") for n in arrays):

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from funcgrad.errors import ConfigError
-from funcgrad.train import checkpoint
+from funcgrad.parallel.plan import Mesh, Plan, as_plan
+from funcgrad.train import checkpoint, sharded
 from funcgrad.train.data import num_examples
 from funcgrad.train.history import History
 from funcgrad.train.state import (
@@ -233,18 +234,31 @@ class Checkpoint(Hook):
     At the start, with ``resume``, continue from the newest checkpoint in ``directory``: the
     resumed run's parameters and history are the uninterrupted run's. The ``keep`` newest
     are kept.
+
+    With ``mesh`` (the run's `jax.sharding.Mesh` or `funcgrad.parallel.Plan`; `fit` passes
+    its own) the arrays go to a sharded checkpoint instead (`save_sharded`,
+    ``sharded_{step}/``, orbax): each process writes the shards it holds and a resume reads
+    back only those it needs, laid out on the mesh. The JSON files are written by process 0.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], every: int, *, keep: int = 3, resume: bool = True
+        self,
+        directory: str | os.PathLike[str],
+        every: int,
+        *,
+        keep: int = 3,
+        resume: bool = True,
+        mesh: Mesh | Plan | None = None,
     ) -> None:
         self.directory, self.every, self.keep, self.resume = Path(directory), every, keep, resume
+        self.plan = as_plan(mesh)
         self.saved = -1
 
     def start(self, run: Run) -> None:
-        if not (self.resume and checkpoint.steps(self.directory)):
+        found = checkpoint.steps(self.directory) or sharded.sharded_steps(self.directory)
+        if not (self.resume and found):
             return
-        step, run.state = restore_state(self.directory, run.state)
+        step, run.state = restore_state(self.directory, run.state, mesh=self.plan)
         run.step = step
         history_file = self.directory / f"history_{step:09d}.json"
         if history_file.exists():
@@ -263,42 +277,56 @@ class Checkpoint(Hook):
         the arrays: a checkpoint is complete once its arrays are, and then its JSON is there."""
         step, state = run.step, run.state
         rows = run.history.rows if run.final_rows is None else run.history.rows[: run.final_rows]
-        checkpoint._write_atomic(
-            self.directory / f"history_{step:09d}.json", History(rows).to_json().encode()
-        )
-        sums = jax.device_get(state.sums)
+        sums = jax.device_get(state.sums)  # replicated: every process can read them
         bad = nonfinite_step(state.opt_state)
-        loop = {
-            "sums": {
-                k: [np.asarray(v).dtype.name, np.asarray(v, np.float64).tolist()]
-                for k, v in sums.items()
-            },
-            "first_bad": -1 if bad is None else int(bad),
-        }
-        checkpoint._write_atomic(
-            self.directory / f"loop_{step:09d}.json", json.dumps(loop).encode()
-        )
+        writer = jax.process_index() == 0
+        if writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            checkpoint._write_atomic(
+                self.directory / f"history_{step:09d}.json", History(rows).to_json().encode()
+            )
+            loop = {
+                "sums": {
+                    k: [np.asarray(v).dtype.name, np.asarray(v, np.float64).tolist()]
+                    for k, v in sums.items()
+                },
+                "first_bad": -1 if bad is None else int(bad),
+            }
+            checkpoint._write_atomic(
+                self.directory / f"loop_{step:09d}.json", json.dumps(loop).encode()
+            )
         tree = {
             "params": state.params,
             "opt_state": unwrap_guard(state.opt_state),
             "model_state": state.model_state,
             "key": state.key,
         }
-        checkpoint.save(self.directory, step, tree, keep=self.keep)
-        kept = set(checkpoint.steps(self.directory))
-        for pattern in ("history_*.json", "loop_*.json"):
-            for old in self.directory.glob(pattern):
-                if int(old.stem.split("_")[1]) not in kept:
-                    old.unlink(missing_ok=True)
+        if self.plan is not None:
+            sharded.save_sharded(self.directory, step, tree, keep=self.keep)
+            kept = set(sharded.sharded_steps(self.directory))
+        else:
+            checkpoint.save(self.directory, step, tree, keep=self.keep)
+            kept = set(checkpoint.steps(self.directory))
+        if writer:
+            for pattern in ("history_*.json", "loop_*.json"):
+                for old in self.directory.glob(pattern):
+                    if int(old.stem.split("_")[1]) not in kept:
+                        old.unlink(missing_ok=True)
         self.saved = step
 
 
-def restore_state(directory: str | os.PathLike[str], like: TrainState) -> tuple[int, TrainState]:
+def restore_state(
+    directory: str | os.PathLike[str], like: TrainState, *, mesh: Mesh | Plan | None = None
+) -> tuple[int, TrainState]:
     """The newest checkpoint that `fit` wrote in ``directory``, as a `TrainState` shaped like ``like``.
 
+    With ``mesh`` it reads the sharded checkpoints (`restore_sharded`) onto that mesh, each
+    process only the shards it holds (or, if there are none, the plain ones, placed on the
+    mesh); without, the plain ones (or, if there are none, the sharded ones, on one device).
     Checkpoints of earlier versions of `fit` (without ``loop_{step}.json``) load too: their
     running sums start from zero.
     """
+    plan = as_plan(mesh)
     guarded = isinstance(like.opt_state, NanGuardState)
     template = {
         "params": like.params,
@@ -306,7 +334,11 @@ def restore_state(directory: str | os.PathLike[str], like: TrainState) -> tuple[
         "model_state": like.model_state,
         "key": like.key,
     }
-    step, tree = checkpoint.restore(directory, template)
+    plain = checkpoint.steps(directory)
+    if sharded.sharded_steps(directory) and (plan is not None or not plain):
+        step, tree = sharded.restore_sharded(directory, template, mesh=plan)
+    else:
+        step, tree = checkpoint.restore(directory, template)  # fit places it on the mesh
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in like.sums.items()}
     sums, first_bad = zero_sums(shapes), -1
     loop_file = Path(directory) / f"loop_{step:09d}.json"

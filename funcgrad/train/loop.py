@@ -250,7 +250,9 @@ def fit(
         early_stopping.every = every["eval"]
         built.append(early_stopping)
     if checkpoint_dir is not None:
-        built.append(Checkpoint(checkpoint_dir, every["checkpoint"], keep=keep, resume=resume))
+        built.append(
+            Checkpoint(checkpoint_dir, every["checkpoint"], keep=keep, resume=resume, mesh=plan)
+        )
     bar = Progress(every["log"]) if progress else None
     chosen = [h for h in built if not any(type(u) is type(h) for u in hooks)]
     all_hooks = [*chosen, *hooks, *([bar] if bar is not None else [])]

@@ -31,7 +31,8 @@ def free_port():
 def test_two_processes_train_as_one(tmp_path):
     port, steps = free_port(), 12
     command = [sys.executable, str(EXAMPLE), "--coordinator", f"127.0.0.1:{port}",
-               "--num-processes", "2", "--steps", str(steps), "--checkpoint-dir", str(tmp_path)]  # fmt: skip
+               "--num-processes", "2", "--steps", str(steps), "--checkpoint-dir", str(tmp_path),
+               "--sharded-dir", str(tmp_path / "sharded")]  # fmt: skip
     procs = [
         subprocess.Popen(
             [*command, "--process-id", str(i)],
@@ -54,6 +55,7 @@ def test_two_processes_train_as_one(tmp_path):
     for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         assert p.returncode == 0, out[-3000:]
         assert f"process {i} of 2: 2 local devices, 4 in all" in out
+        assert f"process {i}: sharded checkpoint restored, equal: True" in out
     finals = [next(line for line in out.splitlines() if "final loss" in line) for out in outputs]
     assert finals[0].split(":", 1)[1] == finals[1].split(":", 1)[1]  # both report the same
 
@@ -65,3 +67,14 @@ def test_two_processes_train_as_one(tmp_path):
     for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(one.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
     assert f"final loss {one.history['loss'][-1]:.4f}" in finals[0]
+
+    # fit's sharded checkpoint: each process wrote its own shards, into its own store
+    assert train.sharded_steps(tmp_path / "sharded") == [steps]
+    folder = tmp_path / "sharded" / f"sharded_{steps:09d}"
+    for i in range(2):
+        assert any(f.is_file() for f in (folder / f"ocdbt.process_{i}").rglob("*")), i
+    assert not list((tmp_path / "sharded").glob("*.npz"))
+    # and it restores here, on one process of 8 devices, equal to what process 0 gathered
+    restored = train.load_params(tmp_path / "sharded", params)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(together), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
