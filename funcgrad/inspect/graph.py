@@ -23,6 +23,7 @@ from jax.extend import core as jcore
 
 from funcgrad.errors import MissingToolError, ShapeError
 from funcgrad.inspect._format import aval_str, trace
+from funcgrad.primitives.registry import split_rule_scope
 
 Kind = Literal["input", "const", "op", "call", "output"]
 Phase = Literal["forward", "backward"]
@@ -408,11 +409,17 @@ def _strip(scope: str) -> str:
     for part in scope.split("/"):
         while (m := re.fullmatch(r"[\w.]+\((.*)\)", part)) is not None:
             part = m.group(1)
-        for suffix in (".backward", ".tangent"):
-            part = part.removesuffix(suffix)
+        part = split_rule_scope(part)[0]
         if part and (not parts or parts[-1] != part):
             parts.append(part)
     return "/".join(parts)
+
+
+def _in_derivative(scope: str) -> bool:
+    """Does a name stack lie inside a transpose or a primitive's derivative rule?"""
+    if scope.startswith("transpose("):
+        return True
+    return any(split_rule_scope(part)[1] is not None for part in re.split(r"[/()]", scope))
 
 
 def _call_label(eqn: Any) -> str:
@@ -507,9 +514,7 @@ class _Builder:
         name = eqn.primitive.name
         scope = str(eqn.source_info.name_stack)
         phase: Phase = "forward"
-        if self.backward and (
-            scope.startswith("transpose(") or ".backward" in scope or ".tangent" in scope
-        ):
+        if self.backward and _in_derivative(scope):
             phase = "backward"
         expand = subs and level < self.depth
         if expand and name in _CALLS and len(subs) == 1:

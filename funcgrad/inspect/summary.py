@@ -15,7 +15,10 @@ import jax.numpy as jnp
 
 from funcgrad.errors import InputTypeError
 from funcgrad.inspect._format import aval_str, human_bytes
-from funcgrad.nn.layer import RECORDER, Layer, Path, Recorder, as_spec
+from funcgrad.nn.activations import Elementwise
+from funcgrad.nn.combinators import Repeat, Shared
+from funcgrad.nn.layer import Layer, Path, Recorder, as_spec, recording
+from funcgrad.nn.pool import Pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +116,8 @@ def summary(model: Layer, params: Any, x: Any, *, state: Any = None) -> Summary:
     spec = as_spec(x, f"inspect.summary({type(model).__name__})")
     if state is None:
         state = jax.eval_shape(model.init_state, spec)
-    recorder = _Table()
-    token = RECORDER.set(recorder)
-    try:
+    with recording(_Table()) as recorder:
         jax.eval_shape(lambda p, s, v: model.apply(p, v, state=s), params, state, spec)
-    finally:
-        RECORDER.reset(token)
     leaves = jax.tree.leaves(params)
     dtypes: Counter[str] = Counter()
     for leaf in leaves:
@@ -139,12 +138,12 @@ class _Table(Recorder):
     def enter(self, layer: Layer, path: Path, params: Any) -> Any:
         leaves = jax.tree.leaves(params)
         kind = type(layer).__name__
-        if kind == "Elementwise" or kind == "Pool":
+        if isinstance(layer, (Elementwise, Pool)):
             kind = layer.kind
-        elif kind == "Shared":
+        elif isinstance(layer, Shared):
             kind = f"Shared '{layer.name}'"
-        elif kind == "Repeat":
-            kind = f"Repeat ×{getattr(layer, 'n', '?')}"
+        elif isinstance(layer, Repeat):
+            kind = f"Repeat ×{layer.n}"
         key = (id(layer), path)
         row = Row(
             "/".join(path),

@@ -5,11 +5,12 @@ Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import zlib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -152,6 +153,10 @@ class Layer:
         """The layers this one contains (combinators); leaves have none."""
         return ()
 
+    def shared_name(self) -> str | None:
+        """The top-level key this layer's parameters live under if it is `nn.shared`; else None."""
+        return None
+
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
@@ -177,16 +182,44 @@ class Recorder:
         """Called with the layer's output."""
 
 
-RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+R = TypeVar("R", bound=Recorder)
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
     "funcgrad_layer_recorder", default=None
 )
+
+
+@contextlib.contextmanager
+def recording(recorder: R) -> Iterator[R]:
+    """Hand every layer call of the ``apply`` calls traced inside to ``recorder``.
+
+    The layer protocol's one hook for tools that watch a model run (`funcgrad.inspect.summary`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> class Paths(nn.layer.Recorder):
+      ...     def __init__(self): self.seen = []
+      ...     def enter(self, layer, path, params): self.seen.append(path)
+      >>> model = nn.serial(nn.Dense(2), nn.relu)
+      >>> x = jnp.zeros((1, 3))
+      >>> params = model.init(jax.random.key(0), x)
+      >>> with nn.layer.recording(Paths()) as rec:
+      ...     _ = model.apply(params, x)
+      >>> rec.seen
+      [(), ('dense_0',), ('relu_1',)]
+    """
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
 
 
 def apply_child(
     layer: Layer, params: Params, state: State, x: Any, ctx: Context, path: Path
 ) -> tuple[Any, State]:
     """Run ``layer`` inside its parent; every layer call goes through here, so it can be recorded."""
-    recorder = RECORDER.get()
+    recorder = _RECORDER.get()
     if recorder is None:
         return layer._apply(params, state, x, ctx, path)
     token = recorder.enter(layer, path, params)
@@ -213,6 +246,9 @@ class Wrapper(Layer):
     def name(self) -> str | None:  # type: ignore[override]
         return self.layer.name
 
+    def shared_name(self) -> str | None:
+        return self.layer.shared_name()
+
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
@@ -225,8 +261,9 @@ def shared_names(layer: Layer) -> list[str]:
     stack = [layer]
     while stack:
         node = stack.pop()
-        if node.kind == "shared" and node.name not in found:
-            found.append(str(node.name))
+        name = node.shared_name()
+        if name is not None and name not in found:
+            found.append(name)
         stack.extend(node.children())
     return found
 

@@ -211,6 +211,7 @@ def _(
     return (e * (output_grad / (1 + rest)), None)
 
 
+@_logsumexp.public
 def logsumexp(
     x: Array, axis: Axis = None, *, keepdims: bool = False, where: Array | None = None
 ) -> Array:
@@ -225,7 +226,7 @@ def logsumexp(
     """
     x = jnp.asarray(x)
     _float_input("logsumexp", x)
-    return _logsumexp(x, _mask(x, where), axis=_norm_axis(axis), keepdims=keepdims)
+    return _logsumexp.bind(x, _mask(x, where), axis=_norm_axis(axis), keepdims=keepdims)
 
 
 @primitive(name="softmax")
@@ -243,6 +244,7 @@ def _(
     return (output * (output_grad - inner), None)
 
 
+@_softmax.public
 def softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
     """exp(x) / Σ exp(x) over ``axis``; masked entries and fully masked rows give 0.
 
@@ -253,7 +255,7 @@ def softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
     """
     x = jnp.asarray(x)
     _float_input("softmax", x)
-    return _softmax(x, _mask(x, where), axis=_norm_axis(axis))
+    return _softmax.bind(x, _mask(x, where), axis=_norm_axis(axis))
 
 
 def _log_softmax_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array]:
@@ -279,6 +281,7 @@ def _(
     return (g - residuals * jnp.sum(g, axis=axis, keepdims=True), None)
 
 
+@_log_softmax.public
 def log_softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Array:
     """x − logsumexp(x) over ``axis``; masked entries and fully masked rows give −inf.
 
@@ -289,7 +292,7 @@ def log_softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Arr
     """
     x = jnp.asarray(x)
     _float_input("log_softmax", x)
-    return _log_softmax(x, _mask(x, where), axis=_norm_axis(axis))
+    return _log_softmax.bind(x, _mask(x, where), axis=_norm_axis(axis))
 
 
 # --- logs near their singularities -----------------------------------------------------------
@@ -340,6 +343,7 @@ def _(
     return (jnp.where(output > 0, output_grad * (x / safe), 0),)
 
 
+@_safe_norm.public
 def safe_norm(x: Array, axis: Axis = None, *, keepdims: bool = False) -> Array:
     """The Euclidean norm over ``axis``: no overflow at 1e20, no underflow at 1e-23, gradient 0 at 0.
 
@@ -350,7 +354,7 @@ def safe_norm(x: Array, axis: Axis = None, *, keepdims: bool = False) -> Array:
     """
     x = jnp.asarray(x)
     _float_input("safe_norm", x)
-    return _safe_norm(x, axis=_norm_axis(axis), keepdims=keepdims)
+    return _safe_norm.bind(x, axis=_norm_axis(axis), keepdims=keepdims)
 
 
 @primitive
@@ -414,6 +418,7 @@ def _(
     return (g * (probs * total - labels), -g * log_probs)
 
 
+@_softmax_cross_entropy.public
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     """Per-example −Σ t·log softmax(z) over the last axis, for integer labels or per-class targets.
 
@@ -451,7 +456,7 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
                 f"class labels {logits.shape[:-1]} nor per-class targets {logits.shape}"
             )
         labels = labels.astype(logits.dtype)
-    return _softmax_cross_entropy(logits, labels)
+    return _softmax_cross_entropy.bind(logits, labels)
 
 
 @primitive(name="sigmoid_binary_cross_entropy", has_residuals=True)
@@ -473,6 +478,7 @@ def _(
     return (output_grad * (probs - labels), -output_grad * logits)
 
 
+@_sigmoid_binary_cross_entropy.public
 def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
     """Elementwise −t·log σ(z) − (1 − t)·log(1 − σ(z)), from logits, stable at any magnitude.
 
@@ -489,7 +495,7 @@ def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
             f"sigmoid_binary_cross_entropy: labels must have the logits' shape {logits.shape}; "
             f"got {labels.shape}"
         )
-    return _sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+    return _sigmoid_binary_cross_entropy.bind(logits, labels.astype(logits.dtype))
 
 
 # --- gradient tools --------------------------------------------------------------------------
@@ -507,6 +513,7 @@ def _(inputs: tuple[Array, Array, Array], output: Array, output_grad: Array) -> 
     return (jnp.clip(output_grad, lo, hi).astype(output_grad.dtype), None, None)
 
 
+@_clip_gradient.public
 def clip_gradient(x: Array, lo: float | Array, hi: float | Array) -> Array:
     """Identity forward; the backward clips the incoming gradient to [lo, hi]. Reverse-only.
 
@@ -517,7 +524,7 @@ def clip_gradient(x: Array, lo: float | Array, hi: float | Array) -> Array:
     """
     x = jnp.asarray(x)
     _float_input("clip_gradient", x)
-    return _clip_gradient(x, jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype))
+    return _clip_gradient.bind(x, jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype))
 
 
 @primitive(name="scale_gradient")
@@ -531,6 +538,7 @@ def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[A
     return (output_grad * inputs[1], None)
 
 
+@_scale_gradient.public
 def scale_gradient(x: Array, scale: float | Array) -> Array:
     """Identity forward; the backward multiplies the gradient by ``scale`` (−1: gradient reversal).
 
@@ -541,7 +549,7 @@ def scale_gradient(x: Array, scale: float | Array) -> Array:
     """
     x = jnp.asarray(x)
     _float_input("scale_gradient", x)
-    return _scale_gradient(x, jnp.asarray(scale, x.dtype))
+    return _scale_gradient.bind(x, jnp.asarray(scale, x.dtype))
 
 
 @primitive(name="straight_through")
@@ -555,6 +563,7 @@ def _(inputs: tuple[Array], output: Array, output_grad: Array, *, fn: str) -> tu
     return (output_grad,)
 
 
+@_straight_through.public
 def straight_through(x: Array, fn: Literal["round", "sign"] = "round") -> Array:
     """``round(x)`` or ``sign(x)`` forward, identity backward (the straight-through estimator).
 
@@ -567,7 +576,7 @@ def straight_through(x: Array, fn: Literal["round", "sign"] = "round") -> Array:
         raise ConfigError(f"straight_through: fn must be 'round' or 'sign'; got {fn!r}")
     x = jnp.asarray(x)
     _float_input("straight_through", x)
-    return _straight_through(x, fn=fn)
+    return _straight_through.bind(x, fn=fn)
 
 
 # --- argument checks -------------------------------------------------------------------------
