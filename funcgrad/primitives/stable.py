@@ -150,12 +150,19 @@ def _mask(x: Array, where: Array | None) -> Array:
     return where
 
 
-def _lse_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array, Array]:
+def _lse_parts(
+    x: Array, where: Array, axis: Axis, *, precise: bool = True
+) -> tuple[Array, Array, Array]:
     """``(shift, e, rest)``: logsumexp = shift + log1p(rest) and softmax = e / (1 + rest).
 
     ``shift`` is the row maximum (keepdims), ``e`` = exp(x − shift) (0 where masked) and
-    ``rest`` sums e over every entry but one maximal one. log1p(rest) keeps the digits that
-    log(1 + rest) loses when one entry dominates: log_softmax of [30, 1, −2] is −2.7e−13, not 0.
+    ``rest`` sums e over every entry but one maximal one.
+
+    ``precise`` keeps the digits of a small ``rest``: log1p(rest) then keeps what
+    log(1 + rest) loses when one entry dominates (log_softmax of [30, 1, −2] is −2.7e−13,
+    not 0). It costs a second pass over the row; without it ``rest`` is Σe − 1, exact to
+    an absolute ε, which is all a value far from 0 (a logsumexp, a cross-entropy of a wrong
+    or unsure prediction) needs.
     """
     # No stop_gradient on the shift: rest leaves the top entry out, so its derivative flows
     # through the shift (second derivatives differentiate this function).
@@ -163,12 +170,16 @@ def _lse_parts(x: Array, where: Array, axis: Axis) -> tuple[Array, Array, Array]
     finite = jnp.isfinite(top)
     shift = _where_finite(top)
     e = jnp.where(where, jnp.exp(x - shift), 0)
+    wide = e.astype(jnp.promote_types(e.dtype, jnp.float32))
+    if not precise:
+        # One pass, as jax.nn.logsumexp: the top entry's e is 1, so Σe − 1 is the rest.
+        rest = (jnp.sum(wide, axis=axis, keepdims=True) - 1).astype(x.dtype)
+        return jnp.where(finite, shift, top), e, jnp.where(finite, rest, 0)
     # e ≤ 1 with equality exactly at the maxima, so e − floor(e) is the mass off the maxima and
     # floor(e) counts them. A compare-and-select inside the reduction is 10× slower on XLA:CPU.
     # Whatever floor decides, rest = Σ(e − floor e) + (Σ floor e − 1) = Σe − 1 exactly in
     # algebra: when XLA recomputes x in two fusions and the top's e is 1 − δ, only the extra
     # digits are lost, never the value.
-    wide = e.astype(jnp.promote_types(e.dtype, jnp.float32))
     off_top = wide - jnp.floor(wide)
     if math.prod(x.shape[a] for a in _axes(axis, x.ndim)) <= 32:
         # Short rows: one complex sum carries both accumulators in a single pass.
@@ -188,7 +199,7 @@ def _logsumexp(
     x: Array, where: Array, *, axis: Axis = None, keepdims: bool = False
 ) -> tuple[Array, tuple[Array, Array]]:
     """log Σ exp(x) over axis, masked by where; all −inf rows give −inf, zero gradients."""
-    shift, e, rest = _lse_parts(x, where, axis)
+    shift, e, rest = _lse_parts(x, where, axis, precise=False)
     out = shift + jnp.log1p(rest)
     return (out if keepdims else jnp.squeeze(out, axis=_axes(axis, x.ndim))), (e, rest)
 
@@ -382,17 +393,20 @@ def _(inputs: tuple[Array, Array], output: Array, output_grad: Array) -> tuple[A
 
 
 @primitive(name="softmax_cross_entropy", has_residuals=True)
-def _softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, tuple[Array, Array]]:
+def _softmax_cross_entropy(
+    logits: Array, labels: Array
+) -> tuple[Array, tuple[Array, Array, Array]]:
     """Per-example softmax cross-entropy for integer labels or per-class targets."""
-    shift, _, rest = _lse_parts(logits, jnp.asarray(True), -1)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    shift, e, rest = _lse_parts(logits, jnp.asarray(True), -1, precise=not integer)
+    if integer:
         picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)
         loss = jnp.log1p(rest) - (picked - shift)
     else:
         # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
         nll = jnp.log1p(rest) - (logits - shift)
         loss = jnp.sum(jnp.where(labels == 0, 0, labels * nll), axis=-1, keepdims=True)
-    return loss[..., 0], (shift, rest)
+    return loss[..., 0], (shift, rest, e)
 
 
 @_softmax_cross_entropy.backward
@@ -400,19 +414,20 @@ def _(
     inputs: tuple[Array, Array],
     output: Array,
     output_grad: Array,
-    residuals: tuple[Array, Array],
+    residuals: tuple[Array, Array, Array],
 ) -> tuple[Array, Array | None]:
     logits, labels = inputs
-    shift, rest = residuals
+    shift, rest, e = residuals
     g = output_grad[..., None]
-    # The probabilities are recomputed, not stored: XLA fuses them into the gradient's pass.
-    probs = jnp.exp(logits - shift) / (1 + rest)
+    # exp(logits − shift) is kept from the forward pass: recomputing it costs a second exp
+    # per logit, more than the memory traffic it saves.
     if jnp.issubdtype(labels.dtype, jnp.integer):
         classes = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
         # p − 1 for the labelled class as expm1(log p) = expm1(−loss): no cancellation when
-        # that class dominates.
-        labelled = jnp.expm1(-output)[..., None]
-        return (g * jnp.where(classes == labels[..., None], labelled, probs), None)
+        # that class dominates. One division per row, not per logit.
+        labelled = g * jnp.expm1(-output)[..., None]
+        return (jnp.where(classes == labels[..., None], labelled, e * (g / (1 + rest))), None)
+    probs = e / (1 + rest)
     total = jnp.sum(labels, axis=-1, keepdims=True)
     log_probs = jnp.where(jnp.isfinite(logits), logits - shift - jnp.log1p(rest), -jnp.inf)
     return (g * (probs * total - labels), -g * log_probs)
