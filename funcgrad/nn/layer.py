@@ -89,8 +89,8 @@ class Layer:
     def init_with_state(self, key: Array, x: Any) -> tuple[Params, State]:
         """Parameters and the initial state (batch-norm statistics; ``{}`` for stateless models)."""
         _check_key(key, f"{type(self).__name__}.init")
-        shared: dict[str, Any] = {}
-        params, state, _ = self._init(key, as_spec(x, f"{type(self).__name__}.init"), (), shared)
+        spec = as_spec(x, f"{type(self).__name__}.init")
+        params, state, shared = _compiled_init(self, spec, key)
         for name, sub in shared.items():
             if name in params:
                 raise ParamsError(
@@ -266,6 +266,39 @@ def shared_names(layer: Layer) -> list[str]:
             found.append(name)
         stack.extend(node.children())
     return found
+
+
+def _init_tree(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict[str, Any]]:
+    shared: dict[str, Any] = {}
+    params, state, _ = layer._init(key, spec, (), shared)
+    return params, state, shared
+
+
+# One compiled program draws every parameter of a model: run eagerly, each initializer would
+# compile its own sampler for each parameter shape (seconds for a small CNN in a fresh
+# process). The keys and initializers are unchanged, and so are the values, to the bit.
+# XLA's optimisation level 1 compiles it 3-4× faster than the default and gives the same
+# bits (level 0 does not), drawing within 15% of the default's speed.
+_init_jit = jax.jit(_init_tree, static_argnums=(0, 1))
+_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+_INIT_CACHE: dict[Any, Any] = {}
+
+
+def _compiled_init(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict[str, Any]]:
+    """``layer``'s parameters, state and shared parameters, drawn by one compiled program,
+    cached per layer, input spec and key type (a layer that cannot be hashed is traced afresh)."""
+    if isinstance(key, jax.core.Tracer):  # inside jit or vmap: part of the caller's program
+        return _init_tree(layer, spec, key)
+    cache_key: Any = (layer, spec, key.dtype, key.shape)
+    try:
+        compiled = _INIT_CACHE.get(cache_key)
+        if compiled is None:
+            compiled = _init_jit.trace(layer, spec, key).lower().compile(_INIT_OPTIONS)
+            _INIT_CACHE[cache_key] = compiled
+    except TypeError:  # unhashable: a layer holding a list, say
+        traced = jax.jit(lambda k: _init_tree(layer, spec, k)).trace(key)
+        compiled = traced.lower().compile(_INIT_OPTIONS)
+    return compiled(key)
 
 
 def _check_key(key: Any, where: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from funcgrad.errors import ShapeError
 from funcgrad.primitives.checks import float_input
@@ -47,11 +46,14 @@ def _(
     # exp(logits − shift) is kept from the forward pass: recomputing it costs a second exp
     # per logit, more than the memory traffic it saves.
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        classes = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
-        # p − 1 for the labelled class as expm1(log p) = expm1(−loss): no cancellation when
-        # that class dominates. One division per row, not per logit.
+        # p·g everywhere (one division per row, not per logit), then p − 1 written over the
+        # labelled class as expm1(log p) = expm1(−loss): no cancellation when that class
+        # dominates. A scatter of one entry per row, not a compare per logit.
         labelled = g * jnp.expm1(-output)[..., None]
-        return (jnp.where(classes == labels[..., None], labelled, e * (g / (1 + rest))), None)
+        grad = (e * (g / (1 + rest))).reshape(-1, logits.shape[-1])
+        rows = jnp.arange(grad.shape[0])
+        grad = grad.at[rows, labels.reshape(-1)].set(labelled.reshape(-1), unique_indices=True)
+        return (grad.reshape(logits.shape), None)
     probs = e / (1 + rest)
     total = jnp.sum(labels, axis=-1, keepdims=True)
     log_probs = jnp.where(jnp.isfinite(logits), logits - shift - jnp.log1p(rest), -jnp.inf)

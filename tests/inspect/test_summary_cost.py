@@ -131,3 +131,21 @@ def test_cost_accepts_specs_and_runs_nothing():
     c = inspect.cost(lambda a, b: a @ b, spec, spec)
     assert c.flops == pytest.approx(2 * 2048**3, rel=0.01)
     assert c.output_bytes == 4 * math.prod(spec.shape)
+
+
+def test_summary_shows_storage_and_compute_dtypes_under_mixed_precision():
+    """A residual transformer block, each branch in bfloat16 over float32 parameters."""
+    mp = nn.mixed_precision
+    block = nn.serial(
+        nn.residual(mp(nn.serial(nn.LayerNorm(), nn.MultiHeadAttention(2)))),
+        nn.residual(mp(nn.serial(nn.LayerNorm(), nn.Dense(16), nn.relu, nn.Dense(8)))),
+    )
+    x = jnp.zeros((2, 4, 8), jnp.float32)
+    s = inspect.summary(block, block.init(jax.random.key(0), x), x)
+    inner = [r for r in s.rows if r.layer in ("LayerNorm", "MultiHeadAttention", "Dense")]
+    assert len(inner) == 5
+    for r in inner:
+        assert (r.dtype, r.compute_dtype) == ("float32", "bfloat16"), r
+        assert r.bytes == 4 * r.params and r.output.startswith("bf16[")
+    assert s.total_bytes == 4 * s.total_params
+    assert "float32 (computes in bfloat16)" in s.to_text()
