@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from funcgrad.errors import ShapeError
 from funcgrad.primitives.checks import float_input
@@ -46,14 +47,19 @@ def _(
     # exp(logits − shift) is kept from the forward pass: recomputing it costs a second exp
     # per logit, more than the memory traffic it saves.
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        # p·g everywhere (one division per row, not per logit), then p − 1 written over the
-        # labelled class as expm1(log p) = expm1(−loss): no cancellation when that class
-        # dominates. A scatter of one entry per row, not a compare per logit.
+        # p − 1 for the labelled class as expm1(log p) = expm1(−loss): no cancellation when
+        # that class dominates; p·g elsewhere, one division per row, not per logit.
         labelled = g * jnp.expm1(-output)[..., None]
-        grad = (e * (g / (1 + rest))).reshape(-1, logits.shape[-1])
-        rows = jnp.arange(grad.shape[0])
-        grad = grad.at[rows, labels.reshape(-1)].set(labelled.reshape(-1), unique_indices=True)
-        return (grad.reshape(logits.shape), None)
+        scaled = e * (g / (1 + rest))
+        if logits.shape[-1] < 256:
+            # Short rows: a compare per logit costs less than a scatter per row.
+            classes = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
+            return (jnp.where(classes == labels[..., None], labelled, scaled), None)
+        # Long rows (a vocabulary): one scattered entry per row, not a compare per logit.
+        flat = scaled.reshape(-1, logits.shape[-1])
+        rows = jnp.arange(flat.shape[0])
+        flat = flat.at[rows, labels.reshape(-1)].set(labelled.reshape(-1), unique_indices=True)
+        return (flat.reshape(logits.shape), None)
     probs = e / (1 + rest)
     total = jnp.sum(labels, axis=-1, keepdims=True)
     log_probs = jnp.where(jnp.isfinite(logits), logits - shift - jnp.log1p(rest), -jnp.inf)
