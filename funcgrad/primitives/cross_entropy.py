@@ -15,15 +15,18 @@ from funcgrad.primitives.reductions import lse_parts
 from funcgrad.primitives.registry import primitive
 
 Array = jax.Array
+# Rows up to this many classes keep the precise mass off the maximum (one complex sum does
+# it in a single pass) and recompute exp in the backward pass; longer rows (vocabularies)
+# take optax's one-pass sum and keep exp(logits − shift) for the backward pass.
+SHORT_ROW = 32
 
 
 @primitive(name="softmax_cross_entropy", has_residuals=True)
-def _softmax_cross_entropy(
-    logits: Array, labels: Array
-) -> tuple[Array, tuple[Array, Array, Array]]:
+def _softmax_cross_entropy(logits: Array, labels: Array) -> tuple[Array, tuple[Array, ...]]:
     """Per-example softmax cross-entropy for integer labels or per-class targets."""
     integer = jnp.issubdtype(labels.dtype, jnp.integer)
-    shift, e, rest = lse_parts(logits, jnp.asarray(True), -1, precise=not integer)
+    short = logits.shape[-1] <= SHORT_ROW
+    shift, e, rest = lse_parts(logits, jnp.asarray(True), -1, precise=short or not integer)
     if integer:
         picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)
         loss = jnp.log1p(rest) - (picked - shift)
@@ -31,7 +34,7 @@ def _softmax_cross_entropy(
         # 0·(−inf) counts as 0: a class with zero target weight may have a −inf logit.
         nll = jnp.log1p(rest) - (logits - shift)
         loss = jnp.sum(jnp.where(labels == 0, 0, labels * nll), axis=-1, keepdims=True)
-    return loss[..., 0], (shift, rest, e)
+    return loss[..., 0], ((shift, rest) if short else (shift, rest, e))
 
 
 @_softmax_cross_entropy.backward
@@ -39,13 +42,14 @@ def _(
     inputs: tuple[Array, Array],
     output: Array,
     output_grad: Array,
-    residuals: tuple[Array, Array, Array],
+    residuals: tuple[Array, ...],
 ) -> tuple[Array, Array | None]:
     logits, labels = inputs
-    shift, rest, e = residuals
+    shift, rest, *kept = residuals
     g = output_grad[..., None]
-    # exp(logits − shift) is kept from the forward pass: recomputing it costs a second exp
-    # per logit, more than the memory traffic it saves.
+    # Short rows recompute exp (XLA fuses it into this pass); long rows kept it, as a second
+    # exp per logit would cost more than the memory traffic it saves.
+    e = kept[0] if kept else jnp.exp(logits - shift)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         # p − 1 for the labelled class as expm1(log p) = expm1(−loss): no cancellation when
         # that class dominates; p·g elsewhere, one division per row, not per logit.
