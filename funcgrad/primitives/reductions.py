@@ -127,7 +127,9 @@ def logsumexp(
 ) -> Array:
     """log Σ exp(x) over ``axis``, stable; ``where`` masks entries out of the sum.
 
-    A row whose entries are all −inf or all masked gives −inf and zero gradients.
+    A row whose entries are all −inf or all masked gives −inf and zero gradients. One pass
+    over the row, as `jax.nn.logsumexp`: the result is exact to an absolute ε, so a result
+    tiny against 1 (``logsumexp([0, −30])``) loses its digits; `log_softmax` keeps them.
 
     Example:
       >>> import jax.numpy as jnp, funcgrad as fg
