@@ -17,9 +17,10 @@ from funcgrad.errors import InputTypeError
 from funcgrad.inspect._format import aval_str, human_bytes
 from funcgrad.nn.activations import Elementwise
 from funcgrad.nn.combinators import Repeat, Shared
-from funcgrad.nn.layer import Layer, Path, Recorder, as_spec, recording
+from funcgrad.nn.layer import Layer, Path, as_spec
 from funcgrad.nn.pool import Pool
 from funcgrad.nn.precision import MixedPrecision
+from funcgrad.nn.recording import Recorder, recording
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,17 +5,18 @@ Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
+from funcgrad.nn.recording import Recorder as Recorder
+from funcgrad.nn.recording import current_recorder
+from funcgrad.nn.recording import recording as recording
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -172,54 +173,11 @@ class Layer:
         return jax.eval_shape(lambda p, s, v: self._apply(p, s, v, ctx, path)[0], params, state, x)
 
 
-class Recorder:
-    """Listens to every layer call of an ``apply``; `funcgrad.inspect.summary` is one."""
-
-    def enter(self, layer: Layer, path: Path, params: Any) -> Any:
-        """Called before ``layer`` runs; what it returns is handed to `leave`."""
-
-    def leave(self, token: Any, y: Any) -> None:
-        """Called with the layer's output."""
-
-
-R = TypeVar("R", bound=Recorder)
-_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
-    "funcgrad_layer_recorder", default=None
-)
-
-
-@contextlib.contextmanager
-def recording(recorder: R) -> Iterator[R]:
-    """Hand every layer call of the ``apply`` calls traced inside to ``recorder``.
-
-    The layer protocol's one hook for tools that watch a model run (`funcgrad.inspect.summary`).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> class Paths(nn.layer.Recorder):
-      ...     def __init__(self): self.seen = []
-      ...     def enter(self, layer, path, params): self.seen.append(path)
-      >>> model = nn.serial(nn.Dense(2), nn.relu)
-      >>> x = jnp.zeros((1, 3))
-      >>> params = model.init(jax.random.key(0), x)
-      >>> with nn.layer.recording(Paths()) as rec:
-      ...     _ = model.apply(params, x)
-      >>> rec.seen
-      [(), ('dense_0',), ('relu_1',)]
-    """
-    token = _RECORDER.set(recorder)
-    try:
-        yield recorder
-    finally:
-        _RECORDER.reset(token)
-
-
 def apply_child(
     layer: Layer, params: Params, state: State, x: Any, ctx: Context, path: Path
 ) -> tuple[Any, State]:
     """Run ``layer`` inside its parent; every layer call goes through here, so it can be recorded."""
-    recorder = _RECORDER.get()
+    recorder = current_recorder()
     if recorder is None:
         return layer._apply(params, state, x, ctx, path)
     token = recorder.enter(layer, path, params)
