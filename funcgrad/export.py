@@ -20,10 +20,8 @@ import numpy as np
 
 from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ShapeError
 from funcgrad.interop import flatten_dotted, load_safetensors, save_safetensors, unflatten_dotted
+from funcgrad.io import write_atomic
 from funcgrad.nn.layer import Layer, as_spec
-
-# TODO(merge): `_write_atomic` is moving to a neutral module; import it from there once it lands.
-from funcgrad.train.checkpoint import _write_atomic
 
 __all__ = ["ExportedModel", "load", "main", "save"]
 
@@ -107,7 +105,7 @@ def save(
     )
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / FUNCTION, bytes(exported.serialize()))
+    write_atomic(folder / FUNCTION, bytes(exported.serialize()))
     save_safetensors(folder / PARAMS, params)
     save_safetensors(folder / STATE, state)
     import funcgrad
@@ -123,7 +121,7 @@ def save(
         "funcgrad_version": funcgrad.__version__,
         "jax_version": jax.__version__,
     }
-    _write_atomic(folder / INFO, (json.dumps(info, indent=2) + "\n").encode())
+    write_atomic(folder / INFO, (json.dumps(info, indent=2) + "\n").encode())
     return folder
 
 

@@ -20,17 +20,16 @@ import safetensors
 import safetensors.numpy
 
 from funcgrad.errors import ConfigError, InputTypeError, ParamsError, ShapeError
+from funcgrad.io import write_atomic
 from funcgrad.nn.combinators import Repeat
 from funcgrad.nn.conv import Conv
 from funcgrad.nn.dense import Dense
 from funcgrad.nn.embedding import Embedding
-from funcgrad.nn.layer import RECORDER, Layer, ParamLayer, Recorder, as_spec, path_str
+from funcgrad.nn.layer import Layer, ParamLayer, as_spec, path_str
 from funcgrad.nn.mha import MultiHeadAttention
 from funcgrad.nn.norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from funcgrad.nn.recording import Recorder, recording
 from funcgrad.nn.recurrent import Bidirectional, GRUCell, LSTMCell, Recurrent
-
-# TODO(merge): `_write_atomic` is moving to a neutral module; import it from there once it lands.
-from funcgrad.train.checkpoint import _write_atomic
 
 __all__ = ["flatten_dotted", "from_torch", "load_safetensors", "save_safetensors", "unflatten_dotted"]  # fmt: skip
 
@@ -128,7 +127,7 @@ def save_safetensors(path: str | os.PathLike[str], params: Any) -> Path:
             )
         arrays[key] = np.ascontiguousarray(np.asarray(value))
     path = Path(path)
-    _write_atomic(path, safetensors.numpy.save(arrays))
+    write_atomic(path, safetensors.numpy.save(arrays))
     return path
 
 
@@ -368,12 +367,8 @@ def from_torch(
 
 
 def _slots(model: Layer, params: Any, state: Any, spec: Any) -> list[_Slot]:
-    recorder = _Slots()
-    token = RECORDER.set(recorder)
-    try:
+    with recording(_Slots()) as recorder:
         jax.eval_shape(lambda p, s, v: model.apply(p, v, state=s, train=False), params, state, spec)
-    finally:
-        RECORDER.reset(token)
     slots = []
     for layer, path, p in recorder.found:
         s = state

@@ -15,7 +15,12 @@ import jax.numpy as jnp
 
 from funcgrad.errors import InputTypeError
 from funcgrad.inspect._format import aval_str, human_bytes
-from funcgrad.nn.layer import RECORDER, Layer, Path, Recorder, as_spec
+from funcgrad.nn.activations import Elementwise
+from funcgrad.nn.combinators import Repeat, Shared
+from funcgrad.nn.layer import Layer, Path, as_spec
+from funcgrad.nn.pool import Pool
+from funcgrad.nn.precision import MixedPrecision
+from funcgrad.nn.recording import Recorder, recording
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +29,8 @@ class Row:
 
     ``params`` and ``bytes`` count the parameters this call receives: for a combinator, all of
     its children's; inside `nn.repeat`, one copy's (the repeat's own row has the stacked total).
+    ``dtype`` and ``bytes`` are those of the parameters as stored; inside `nn.mixed_precision`
+    the layer computes with them cast, in ``compute_dtype`` (empty when it is the stored one).
     """
 
     path: str
@@ -34,6 +41,7 @@ class Row:
     dtype: str
     depth: int
     shared: bool = False
+    compute_dtype: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +63,7 @@ class Summary:
                 r.output,
                 f"{r.params:,}",
                 human_bytes(r.bytes),
-                r.dtype,
+                r.dtype + (f" (computes in {r.compute_dtype})" if r.compute_dtype else ""),
             )
             for r in self.rows
         ]
@@ -113,12 +121,8 @@ def summary(model: Layer, params: Any, x: Any, *, state: Any = None) -> Summary:
     spec = as_spec(x, f"inspect.summary({type(model).__name__})")
     if state is None:
         state = jax.eval_shape(model.init_state, spec)
-    recorder = _Table()
-    token = RECORDER.set(recorder)
-    try:
+    with recording(_Table()) as recorder:
         jax.eval_shape(lambda p, s, v: model.apply(p, v, state=s), params, state, spec)
-    finally:
-        RECORDER.reset(token)
     leaves = jax.tree.leaves(params)
     dtypes: Counter[str] = Counter()
     for leaf in leaves:
@@ -135,34 +139,61 @@ class _Table(Recorder):
         self.rows: list[Row] = []
         self.depth = 0
         self.seen: set[tuple[int, Path]] = set()
+        # (path, parameters as stored) of each mixed-precision wrapper being run: its
+        # children receive the parameters cast, and the table shows both dtypes.
+        self.stored: list[tuple[Path, Any]] = []
+        self.wrappers: set[int] = set()
+
+    def _stored(self, path: Path, params: Any) -> Any:
+        for root, tree in reversed(self.stored):
+            if path[: len(root)] == root:
+                for key in path[len(root) :]:
+                    if not isinstance(tree, dict) or key not in tree:
+                        return params
+                    tree = tree[key]
+                same = str(jax.tree.structure(tree)) == str(jax.tree.structure(params))
+                return tree if same else params
+        return params
 
     def enter(self, layer: Layer, path: Path, params: Any) -> Any:
-        leaves = jax.tree.leaves(params)
+        stored = self._stored(path, params)
+        leaves, computed = jax.tree.leaves(stored), jax.tree.leaves(params)
         kind = type(layer).__name__
-        if kind == "Elementwise" or kind == "Pool":
+        if isinstance(layer, (Elementwise, Pool)):
             kind = layer.kind
-        elif kind == "Shared":
+        elif isinstance(layer, Shared):
             kind = f"Shared '{layer.name}'"
-        elif kind == "Repeat":
-            kind = f"Repeat ×{getattr(layer, 'n', '?')}"
+        elif isinstance(layer, Repeat):
+            kind = f"Repeat ×{layer.n}"
+        dtype = ", ".join(sorted({str(jnp.dtype(a.dtype)) for a in leaves}))
+        compute = ", ".join(sorted({str(jnp.dtype(a.dtype)) for a in computed}))
         key = (id(layer), path)
         row = Row(
             "/".join(path),
             kind,
             "",
-            sum(_size(a) for a in leaves),
-            sum(_nbytes(a) for a in leaves),
-            ", ".join(sorted({str(jnp.dtype(a.dtype)) for a in leaves})),
+            sum(_size(a) for a in computed),
+            sum(
+                _size(a) * jnp.dtype(s.dtype).itemsize
+                for a, s in zip(computed, leaves, strict=True)
+            ),
+            dtype,
             self.depth,
             shared=key in self.seen,
+            compute_dtype=compute if compute != dtype else "",
         )
         self.seen.add(key)
         self.rows.append(row)
         self.depth += 1
+        if isinstance(layer, MixedPrecision):
+            self.stored.append((path, stored))
+            self.wrappers.add(len(self.rows) - 1)
         return len(self.rows) - 1
 
     def leave(self, token: Any, y: Any) -> None:
         self.depth -= 1
+        if token in self.wrappers:
+            self.stored.pop()
         out = " ".join(aval_str(a) for a in jax.tree.leaves(y))
         self.rows[token] = dataclasses.replace(self.rows[token], output=out)
 

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
-from funcgrad.nn.conv import loop_body
 from funcgrad.nn.layer import (
     Array,
     Cache,
@@ -27,6 +26,7 @@ from funcgrad.nn.layer import (
     path_key,
     path_str,
 )
+from funcgrad.nn.loops import loop_body
 
 
 def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
@@ -38,7 +38,9 @@ def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
                 f"{where}: argument {i} is {type(layer).__name__}, not a funcgrad Layer{hint}"
             )
         # A shared layer's parameters live at the top of the tree, not under this key.
-        key = f"shared_{i}" if layer.kind == "shared" else layer.name or f"{layer.kind}_{i}"
+        key = (
+            f"shared_{i}" if layer.shared_name() is not None else layer.name or f"{layer.kind}_{i}"
+        )
         if key in keys:
             raise ConfigError(f"{where}: two children are named '{key}'; names must be unique")
         keys.append(key)
@@ -284,6 +286,9 @@ class Shared(Layer):
 
     def children(self) -> tuple[Layer, ...]:
         return (self.layer,)
+
+    def shared_name(self) -> str | None:
+        return self.name
 
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]

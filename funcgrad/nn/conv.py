@@ -5,11 +5,9 @@ Kernels are ``(*kernel_size, in_features // groups, features)``; XLA's conv_gene
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -30,43 +28,10 @@ from funcgrad.nn.layer import (
     path_str,
     require_float,
 )
+from funcgrad.nn.loops import in_loop_body
+from funcgrad.nn.window import Padding, padding_arg, per_axis
 
-Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
-
-
-def _tuple(value: int | Sequence[int], n: int, what: str, layer: str) -> tuple[int, ...]:
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or not all(isinstance(v, int) and v >= 1 for v in out):
-        raise ConfigError(f"{layer}: {what} must be {n} positive ints; got {value!r}")
-    return out
-
-
-def _padding(padding: Padding, n: int, layer: str) -> str | list[tuple[int, int]]:
-    if isinstance(padding, str):
-        if padding.upper() not in ("SAME", "VALID"):
-            raise ConfigError(f"{layer}: padding must be 'SAME', 'VALID' or ints; got {padding!r}")
-        return padding.upper()
-    if isinstance(padding, int):
-        return [(padding, padding)] * n
-    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-    if len(pads) != n or not all(len(p) == 2 for p in pads):
-        raise ConfigError(f"{layer}: padding needs {n} ints or (low, high) pairs; got {padding!r}")
-    return [(int(lo), int(hi)) for lo, hi in pads]
-
-
-_IN_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("funcgrad_in_loop", default=False)
-
-
-@contextlib.contextmanager
-def loop_body() -> Iterator[None]:
-    """Trace what runs inside as the body of a loop (scan, while): convolutions there take
-    the weight gradient in a form XLA:CPU runs fast inside loops (see `_loop_conv`)."""
-    token = _IN_LOOP.set(True)
-    try:
-        yield
-    finally:
-        _IN_LOOP.reset(token)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -194,7 +159,7 @@ class Conv(ParamLayer):
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
         nd = self._nd(x)
-        k = _tuple(self.kernel_size, nd, "kernel_size", type(self).__name__)
+        k = per_axis(self.kernel_size, nd, "kernel_size", type(self).__name__)
         specs = {
             "w": ParamSpec(
                 (*k, x.shape[-1] // self.groups, self.features), self.param_dtype, self.w_init
@@ -212,15 +177,15 @@ class Conv(ParamLayer):
         )
         dtype = compute_dtype(self.dtype, x, *params.values())
         x, w = x.astype(dtype), params["w"].astype(dtype)
-        strides = _tuple(self.strides, nd, "strides", layer)
-        dilation = _tuple(self.dilation, nd, "dilation", layer)
-        padding = _padding(self.padding, nd, layer)
+        strides = per_axis(self.strides, nd, "strides", layer)
+        dilation = per_axis(self.dilation, nd, "dilation", layer)
+        padding = padding_arg(self.padding, nd, layer)
         if self.transpose:
             y = lax.conv_transpose(
                 x, w, strides, padding, rhs_dilation=dilation,
                 dimension_numbers=numbers, precision=self.precision,
             )  # fmt: skip
-        elif _IN_LOOP.get() and self.groups == 1 and set(dilation) == {1}:
+        elif in_loop_body() and self.groups == 1 and set(dilation) == {1}:
             pads = (
                 lax.padtype_to_pads(x.shape[1:-1], w.shape[:nd], strides, padding)
                 if isinstance(padding, str)

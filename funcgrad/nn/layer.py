@@ -5,7 +5,6 @@ Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import zlib
 from collections.abc import Callable, Mapping
@@ -15,6 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
+from funcgrad.nn.recording import Recorder as Recorder
+from funcgrad.nn.recording import current_recorder
+from funcgrad.nn.recording import recording as recording
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -91,8 +93,8 @@ class Layer:
     def init_with_state(self, key: Array, x: Any) -> tuple[Params, State]:
         """Parameters and the initial state (batch-norm statistics; ``{}`` for stateless models)."""
         _check_key(key, f"{type(self).__name__}.init")
-        shared: dict[str, Any] = {}
-        params, state, _ = self._init(key, as_spec(x, f"{type(self).__name__}.init"), (), shared)
+        spec = as_spec(x, f"{type(self).__name__}.init")
+        params, state, shared = _compiled_init(self, spec, key)
         for name, sub in shared.items():
             if name in params:
                 raise ParamsError(
@@ -209,6 +211,10 @@ class Layer:
         """The layers this one contains (combinators); leaves have none."""
         return ()
 
+    def shared_name(self) -> str | None:
+        """The top-level key this layer's parameters live under if it is `nn.shared`; else None."""
+        return None
+
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
     ) -> tuple[Params, State, Any]:
@@ -230,20 +236,6 @@ class Layer:
         return jax.eval_shape(lambda p, s, v: self._apply(p, s, v, ctx, path)[0], params, state, x)
 
 
-class Recorder:
-    """Listens to every layer call of an ``apply``; `funcgrad.inspect.summary` is one."""
-
-    def enter(self, layer: Layer, path: Path, params: Any) -> Any:
-        """Called before ``layer`` runs; what it returns is handed to `leave`."""
-
-    def leave(self, token: Any, y: Any) -> None:
-        """Called with the layer's output."""
-
-
-RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
-    "funcgrad_layer_recorder", default=None
-)
-
 # Set by `mixed_precision` while it initialises its layer: how ``apply`` will cast parameters, so
 # that the output specs ``init`` computes (and the checks on them) match what ``apply`` does.
 INIT_PARAM_CAST: contextvars.ContextVar[Callable[[Any], Any] | None] = contextvars.ContextVar(
@@ -255,7 +247,7 @@ def apply_child(
     layer: Layer, params: Params, state: State, x: Any, ctx: Context, path: Path
 ) -> tuple[Any, State]:
     """Run ``layer`` inside its parent; every layer call goes through here, so it can be recorded."""
-    recorder = RECORDER.get()
+    recorder = current_recorder()
     if recorder is None:
         return layer._apply(params, state, x, ctx, path)
     token = recorder.enter(layer, path, params)
@@ -281,6 +273,9 @@ class Wrapper(Layer):
     @property
     def name(self) -> str | None:  # type: ignore[override]
         return self.layer.name
+
+    def shared_name(self) -> str | None:
+        return self.layer.shared_name()
 
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
@@ -324,10 +319,44 @@ def shared_names(layer: Layer) -> list[str]:
     stack = [layer]
     while stack:
         node = stack.pop()
-        if node.kind == "shared" and node.name not in found:
-            found.append(str(node.name))
+        name = node.shared_name()
+        if name is not None and name not in found:
+            found.append(name)
         stack.extend(node.children())
     return found
+
+
+def _init_tree(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict[str, Any]]:
+    shared: dict[str, Any] = {}
+    params, state, _ = layer._init(key, spec, (), shared)
+    return params, state, shared
+
+
+# One compiled program draws every parameter of a model: run eagerly, each initializer would
+# compile its own sampler for each parameter shape (seconds for a small CNN in a fresh
+# process). The keys and initializers are unchanged, and so are the values, to the bit.
+# XLA's optimisation level 1 compiles it 3-4× faster than the default and gives the same
+# bits (level 0 does not), drawing within 15% of the default's speed.
+_init_jit = jax.jit(_init_tree, static_argnums=(0, 1))
+_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+_INIT_CACHE: dict[Any, Any] = {}
+
+
+def _compiled_init(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict[str, Any]]:
+    """``layer``'s parameters, state and shared parameters, drawn by one compiled program,
+    cached per layer, input spec and key type (a layer that cannot be hashed is traced afresh)."""
+    if isinstance(key, jax.core.Tracer):  # inside jit or vmap: part of the caller's program
+        return _init_tree(layer, spec, key)
+    cache_key: Any = (layer, spec, key.dtype, key.shape)
+    try:
+        compiled = _INIT_CACHE.get(cache_key)
+        if compiled is None:
+            compiled = _init_jit.trace(layer, spec, key).lower().compile(_INIT_OPTIONS)
+            _INIT_CACHE[cache_key] = compiled
+    except TypeError:  # unhashable: a layer holding a list, say
+        traced = jax.jit(lambda k: _init_tree(layer, spec, k)).trace(key)
+        compiled = traced.lower().compile(_INIT_OPTIONS)
+    return compiled(key)
 
 
 def _check_key(key: Any, where: str) -> None:

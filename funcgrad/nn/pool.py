@@ -14,7 +14,6 @@ import numpy as np
 from jax import lax
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.conv import Padding, _padding, _tuple
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -25,6 +24,7 @@ from funcgrad.nn.layer import (
     require_float,
     require_rank,
 )
+from funcgrad.nn.window import Padding, padding_arg, per_axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +49,9 @@ class Pool(ParamLayer):
 
     def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
         nd = len(tuple(self.window))
-        window = (1, *_tuple(self.window, nd, "window", self.kind), 1)
-        strides = (1, *_tuple(self.strides or self.window, nd, "strides", self.kind), 1)
-        pad = _padding(self.padding, nd, self.kind)
+        window = (1, *per_axis(self.window, nd, "window", self.kind), 1)
+        strides = (1, *per_axis(self.strides or self.window, nd, "strides", self.kind), 1)
+        pad = padding_arg(self.padding, nd, self.kind)
         pads = pad if isinstance(pad, str) else [(0, 0), *pad, (0, 0)]
         if self.reduction == "max":
             return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pads)

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
-from funcgrad.nn.conv import loop_body
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -30,6 +29,7 @@ from funcgrad.nn.layer import (
     path_str,
     require_float,
 )
+from funcgrad.nn.loops import loop_body
 
 Carry = Any
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import jax
 
+from funcgrad.data import batches, process_rows
 from funcgrad.errors import ConfigError
-from funcgrad.train.data import batches, process_rows
 
 _ENV = {
     "coordinator": ("FUNCGRAD_COORDINATOR", "JAX_COORDINATOR_ADDRESS"),

@@ -19,7 +19,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from funcgrad.errors import ConfigError, InputTypeError, ShapeError
 
 P = PartitionSpec
-Rule = Callable[[str, tuple[int, ...]], PartitionSpec]
+RuleFunction = Callable[[str, tuple[int, ...]], PartitionSpec]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A sharding rule: ``rule(path, shape, n)`` is a leaf's `PartitionSpec`.
+
+    ``n`` is the size of mesh axis ``fsdp_axis`` (0 when the rule has none); ``patterns`` are
+    the `by_path` regexes, which ``Plan.shardings(check_rules=True)`` requires to match. Made by
+    `replicate`, `fsdp` and `by_path`; `plan` wraps a plain ``(path, shape)`` function in one.
+
+    Example:
+      >>> from funcgrad import parallel
+      >>> rule = parallel.fsdp(min_size=4)
+      >>> rule.fsdp_axis, rule("w", (8, 2), 4)
+      ('data', P('data', None))
+    """
+
+    spec: Callable[[str, tuple[int, ...], int], PartitionSpec]
+    fsdp_axis: str | None = None
+    patterns: tuple[str, ...] = ()
+
+    def __call__(self, path: str, shape: tuple[int, ...], n: int = 0) -> PartitionSpec:
+        return self.spec(path, shape, n)
 
 
 def mesh(devices: Sequence[jax.Device] | None = None, **axes: int) -> Mesh:
@@ -62,7 +85,7 @@ def mesh(devices: Sequence[jax.Device] | None = None, **axes: int) -> Mesh:
 
 def replicate() -> Rule:
     """Every parameter whole on every device: data parallelism."""
-    return lambda path, shape: P()
+    return Rule(lambda path, shape, n: P())
 
 
 def fsdp(axis: str = "data", *, min_size: int = 1024) -> Rule:
@@ -72,7 +95,7 @@ def fsdp(axis: str = "data", *, min_size: int = 1024) -> Rule:
     Optimizer state of the same shape is sharded the same way.
     """
 
-    def rule(path: str, shape: tuple[int, ...], n: int = 0) -> PartitionSpec:
+    def spec(path: str, shape: tuple[int, ...], n: int) -> PartitionSpec:
         if math.prod(shape) < min_size or n <= 1:
             return P()
         candidates = [d for d in range(len(shape)) if shape[d] % n == 0]
@@ -81,11 +104,12 @@ def fsdp(axis: str = "data", *, min_size: int = 1024) -> Rule:
         best = max(candidates, key=lambda d: (shape[d], -d))
         return P(*[axis if d == best else None for d in range(len(shape))])
 
-    rule.fsdp_axis = axis  # type: ignore[attr-defined]
-    return rule
+    return Rule(spec, fsdp_axis=axis)
 
 
-def by_path(*patterns: tuple[str, PartitionSpec], default: Rule | str = "replicate") -> Rule:
+def by_path(
+    *patterns: tuple[str, PartitionSpec], default: Rule | RuleFunction | str = "replicate"
+) -> Rule:
     """Rules by key path: the first regex that `re.search`-es a leaf's path gives its spec.
 
     Paths are keys joined by ``/``: ``block_0/attention_1/wq``; an optimizer state's copy of
@@ -108,20 +132,22 @@ def by_path(*patterns: tuple[str, PartitionSpec], default: Rule | str = "replica
         compiled.append((re.compile(item[0]), item[1]))
     fallback = _as_rule(default)
 
-    def rule(path: str, shape: tuple[int, ...], n: int = 0) -> PartitionSpec:
-        for pattern, spec in compiled:
+    def spec(path: str, shape: tuple[int, ...], n: int) -> PartitionSpec:
+        for pattern, partition in compiled:
             if pattern.search(path):
-                return spec
-        return _call(fallback, path, shape, n)
+                return partition
+        return fallback(path, shape, n)
 
-    rule.patterns = [p.pattern for p, _ in compiled]  # type: ignore[attr-defined]
-    rule.fsdp_axis = getattr(fallback, "fsdp_axis", None)  # type: ignore[attr-defined]
-    return rule
+    patterns_ = tuple(p.pattern for p, _ in compiled)
+    return Rule(spec, fsdp_axis=fallback.fsdp_axis, patterns=patterns_)
 
 
-def _as_rule(rule: Rule | str) -> Rule:
-    if callable(rule):
+def _as_rule(rule: Rule | RuleFunction | str) -> Rule:
+    if isinstance(rule, Rule):
         return rule
+    if callable(rule):
+        function = rule
+        return Rule(lambda path, shape, n: function(path, shape))
     if rule == "replicate":
         return replicate()
     if rule == "fsdp":
@@ -130,13 +156,6 @@ def _as_rule(rule: Rule | str) -> Rule:
         f"sharding rule must be 'replicate', 'fsdp', parallel.by_path(...) or a function "
         f"(path, shape) -> PartitionSpec; got {rule!r}"
     )
-
-
-def _call(rule: Rule, path: str, shape: tuple[int, ...], n: int) -> PartitionSpec:
-    fsdp_axis = getattr(rule, "fsdp_axis", None)
-    if fsdp_axis is not None:
-        return rule(path, shape, n)  # type: ignore[call-arg]
-    return rule(path, shape)
 
 
 def path_name(path: Sequence[Any]) -> str:
@@ -175,14 +194,14 @@ class Plan:
 
     def spec(self, path: str, shape: tuple[int, ...]) -> PartitionSpec:
         """The partition spec of one leaf, checked against the mesh and the leaf's shape."""
-        fsdp_axis = getattr(self.rule, "fsdp_axis", None)
+        fsdp_axis = self.rule.fsdp_axis
         n = self.mesh.shape[fsdp_axis] if fsdp_axis in self.mesh.shape else 0
         if fsdp_axis is not None and fsdp_axis not in self.mesh.shape:
             raise ConfigError(
                 f"sharding rule fsdp('{fsdp_axis}'): the mesh has no axis '{fsdp_axis}'; "
                 f"its axes are {tuple(self.mesh.axis_names)}"
             )
-        spec = _call(self.rule, path, shape, n)
+        spec = self.rule(path, shape, n)
         if not isinstance(spec, PartitionSpec):
             raise ConfigError(
                 f"sharding rule returned {type(spec).__name__} for {path}; expected a PartitionSpec"
@@ -222,7 +241,7 @@ class Plan:
             return self._cache[signature]
         names = [path_name(p) for p, _ in leaves]
         if check_rules:
-            for pattern in getattr(self.rule, "patterns", []):
+            for pattern in self.rule.patterns:
                 if not any(re.search(pattern, n) for n in names):
                     raise ConfigError(
                         f"sharding rule {pattern!r} matches no parameter; paths look like "
@@ -297,7 +316,10 @@ class Plan:
 
 
 def plan(
-    mesh: Mesh, rule: Rule | str = "replicate", *, batch_axis: str | tuple[str, ...] = "data"
+    mesh: Mesh,
+    rule: Rule | RuleFunction | str = "replicate",
+    *,
+    batch_axis: str | tuple[str, ...] = "data",
 ) -> Plan:
     """How to lay a training run over ``mesh``: parameters by ``rule``, batches split over ``batch_axis``.
 

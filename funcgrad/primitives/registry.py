@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Hashable
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,35 @@ from jax.custom_derivatives import SymbolicZero
 from funcgrad.errors import PrimitiveError
 
 BackwardRule = Callable[..., tuple[Any, ...]]
+RuleKind = Literal["backward", "tangent"]
+_RULE_KINDS: tuple[RuleKind, ...] = ("backward", "tangent")
 _REGISTRY: dict[str, Primitive] = {}
+
+
+def rule_scope(name: str, rule: RuleKind) -> str:
+    """The `jax.named_scope` a primitive's derivative rule runs under: ``sigmoid.backward``.
+
+    Example:
+      >>> from funcgrad.primitives.registry import rule_scope
+      >>> rule_scope("sigmoid", "backward")
+      'sigmoid.backward'
+    """
+    return f"{name}.{rule}"
+
+
+def split_rule_scope(scope: str) -> tuple[str, RuleKind | None]:
+    """One name-stack part as ``(primitive, rule)``, the inverse of `rule_scope`; ``rule`` is
+    None for a part that names no derivative rule.
+
+    Example:
+      >>> from funcgrad.primitives.registry import split_rule_scope
+      >>> split_rule_scope("sigmoid.backward"), split_rule_scope("dense_0")
+      (('sigmoid', 'backward'), ('dense_0', None))
+    """
+    for rule in _RULE_KINDS:
+        if scope.endswith(f".{rule}"):
+            return scope.removesuffix(f".{rule}"), rule
+    return scope, None
 
 
 def _is_float(x: Any) -> bool:
@@ -55,6 +83,7 @@ class Primitive:
         self.has_residuals = has_residuals
         self._backward: BackwardRule | None = None
         self._forward_tangent: Callable[..., Any] | None = None
+        self._public: Callable[..., Any] | None = None
         self._impls: dict[tuple[tuple[str, Hashable], ...], Callable[..., Any]] = {}
 
     def __repr__(self) -> str:
@@ -85,7 +114,38 @@ class Primitive:
         self._impls.clear()
         return rule
 
-    def __call__(self, *args: Any, **static: Any) -> Any:
+    def public(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``fn`` as how this primitive is called (decorator; returns ``fn`` itself).
+
+        For a primitive whose forward takes internal arguments (a mask as an array, a static
+        axis) behind a friendlier function: calling the primitive, or what `get` returns,
+        then calls ``fn``, which reaches the forward through `bind`.
+
+        Example:
+          >>> import jax.numpy as jnp, funcgrad as fg
+          >>> @fg.primitive(name="doctest_scaled", override=True)
+          ... def _scaled(x, *, by):
+          ...     return x * by
+          >>> @_scaled.backward
+          ... def _(inputs, output, output_grad, *, by):
+          ...     return (output_grad * by,)
+          >>> @_scaled.public
+          ... def scaled(x, by=2.0):
+          ...     return _scaled.bind(jnp.asarray(x), by=by)
+          >>> float(fg.primitives.get("doctest_scaled")(3.0))
+          6.0
+        """
+        self._public = fn
+        return fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the primitive as its public function does (see `public`), else as `bind`."""
+        if self._public is not None:
+            return self._public(*args, **kwargs)
+        return self.bind(*args, **kwargs)
+
+    def bind(self, *args: Any, **static: Any) -> Any:
+        """Run the registered forward, with its derivative rules: positional arrays, static keywords."""
         if self._backward is None:
             raise PrimitiveError(
                 f"primitive '{self.name}' was called before a backward rule was given; "
@@ -186,14 +246,14 @@ class Primitive:
                 for x, t in zip(inputs, tangents, strict=True)
             ]
             if self._forward_tangent is not None:
-                with jax.named_scope(f"{self.name}.tangent"):
+                with jax.named_scope(rule_scope(self.name, "tangent")):
                     return output, self._forward_tangent(inputs, output, ts, **static)
             live = [i for i, t in enumerate(ts) if t is not None]
             if not live:
                 return output, jax.tree.map(jnp.zeros_like, output)
 
             def vjp(g: Any) -> tuple[Any, ...]:
-                with jax.named_scope(f"{self.name}.backward"):
+                with jax.named_scope(rule_scope(self.name, "backward")):
                     grads = self._gradients(static, inputs, output, g, res)
                 return tuple(
                     jnp.zeros_like(inputs[i]) if grads[i] is None else grads[i] for i in live
@@ -227,7 +287,7 @@ class Primitive:
 
         def call_bwd(saved: Any, g: Any) -> tuple[Any, ...]:
             inputs, output, res = saved
-            with jax.named_scope(f"{self.name}.backward"):
+            with jax.named_scope(rule_scope(self.name, "backward")):
                 return tuple(self._gradients(static, inputs, output, g, res))
 
         call.defvjp(call_fwd, call_bwd)
@@ -349,7 +409,8 @@ def describe() -> str:
     rows = ["name | signature | modes | summary"]
     for key in names():
         prim = _REGISTRY[key]
-        doc = (inspect.getdoc(prim.fn) or "").split("\n")[0]
+        fn = prim._public or prim.fn
+        doc = (inspect.getdoc(fn) or "").split("\n")[0]
         modes = "rev" if prim.reverse_only else "fwd+rev"
-        rows.append(f"{key} | {inspect.signature(prim.fn)} | {modes} | {doc}")
+        rows.append(f"{key} | {inspect.signature(fn)} | {modes} | {doc}")
     return "\n".join(rows)

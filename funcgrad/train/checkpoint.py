@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from funcgrad.errors import FuncgradError
+from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Mesh, Plan, as_plan, put
 
 FORMAT = "funcgrad-checkpoint-1"
@@ -43,25 +43,6 @@ def _encode(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             leaf = multihost_utils.process_allgather(leaf, tiled=True)
         arrays[name] = np.asarray(leaf)
     return arrays, key_impls
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync it, rename over ``path``, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(directory: str | os.PathLike[str], step: int, tree: Any, *, keep: int | None = 3) -> Path:
@@ -106,8 +87,8 @@ def save(directory: str | os.PathLike[str], step: int, tree: Any, *, keep: int |
         "prng_keys": key_impls,
     }
     try:
-        _write_atomic(target, data)
-        _write_atomic(target.with_suffix(".json"), json.dumps(manifest, indent=1).encode())
+        write_atomic(target, data)
+        write_atomic(target.with_suffix(".json"), json.dumps(manifest, indent=1).encode())
     except OSError as err:
         raise CheckpointError(
             f"saving checkpoint {step} to {directory} failed ({err}); earlier checkpoints are intact"

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from funcgrad.data import num_examples
 from funcgrad.errors import ConfigError
+from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import checkpoint, sharded
-from funcgrad.train.data import num_examples
 from funcgrad.train.history import History
 from funcgrad.train.state import (
     NanGuardState,
@@ -282,7 +283,7 @@ class Checkpoint(Hook):
         writer = jax.process_index() == 0
         if writer:
             self.directory.mkdir(parents=True, exist_ok=True)
-            checkpoint._write_atomic(
+            write_atomic(
                 self.directory / f"history_{step:09d}.json", History(rows).to_json().encode()
             )
             loop = {
@@ -292,9 +293,7 @@ class Checkpoint(Hook):
                 },
                 "first_bad": -1 if bad is None else int(bad),
             }
-            checkpoint._write_atomic(
-                self.directory / f"loop_{step:09d}.json", json.dumps(loop).encode()
-            )
+            write_atomic(self.directory / f"loop_{step:09d}.json", json.dumps(loop).encode())
         tree = {
             "params": state.params,
             "opt_state": unwrap_guard(state.opt_state),

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcgrad.data import batches, num_examples, process_rows
 from funcgrad.errors import ConfigError
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
-from funcgrad.train.data import batches, num_examples, process_rows
 from funcgrad.train.history import History
 from funcgrad.train.hooks import (
     Checkpoint,

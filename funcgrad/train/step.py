@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from funcgrad.errors import ConfigError, DonatedError, ShapeError
-from funcgrad.nn.conv import loop_body
+from funcgrad.nn.loops import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train.state import TrainState, accumulate, nonfinite_step
 

@@ -153,3 +153,21 @@ def test_cost_without_memory_analysis_says_so(monkeypatch, failure):
         "no memory stats on this plugin" if failure == "raises" else "gives no"
     ) in c.memory_note
     assert f"note  {c.memory_note}" in c.to_text() or c.memory_note in c.to_text()
+
+
+def test_summary_shows_storage_and_compute_dtypes_under_mixed_precision():
+    """A residual transformer block, each branch in bfloat16 over float32 parameters."""
+    mp = nn.mixed_precision
+    block = nn.serial(
+        nn.residual(mp(nn.serial(nn.LayerNorm(), nn.MultiHeadAttention(2)))),
+        nn.residual(mp(nn.serial(nn.LayerNorm(), nn.Dense(16), nn.relu, nn.Dense(8)))),
+    )
+    x = jnp.zeros((2, 4, 8), jnp.float32)
+    s = inspect.summary(block, block.init(jax.random.key(0), x), x)
+    inner = [r for r in s.rows if r.layer in ("LayerNorm", "MultiHeadAttention", "Dense")]
+    assert len(inner) == 5
+    for r in inner:
+        assert (r.dtype, r.compute_dtype) == ("float32", "bfloat16"), r
+        assert r.bytes == 4 * r.params and r.output.startswith("bf16[")
+    assert s.total_bytes == 4 * s.total_params
+    assert "float32 (computes in bfloat16)" in s.to_text()

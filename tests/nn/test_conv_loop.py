@@ -8,7 +8,7 @@ import pytest
 
 import funcgrad as fg
 from funcgrad import losses, nn
-from funcgrad.nn.conv import loop_body
+from funcgrad.nn.loops import loop_body
 
 
 @pytest.mark.parametrize(

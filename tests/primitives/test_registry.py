@@ -1,5 +1,7 @@
 """The primitive mechanism: every JAX transformation, forward mode from the backward rule, clear errors."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -251,3 +253,47 @@ def test_check_grads_catches_a_wrong_second_derivative():
 
 def test_check_primitive_passes_on_a_correct_primitive():
     fg.testing.check_primitive(cube, jnp.array([0.5, -1.5]))
+
+
+# Every built-in, called by name exactly as its public function is called (issue 14, item 11).
+_Z = jnp.array([[0.3, -1.2, 2.0], [1.0, 0.5, -0.7]])
+BUILT_IN_CALLS = {
+    "log1pexp": ((_Z,), {}),
+    "log_sigmoid": ((_Z,), {}),
+    "sigmoid": ((_Z,), {}),
+    "logaddexp": ((_Z, _Z[::-1]), {}),
+    "logsumexp": ((_Z,), {"axis": -1}),
+    "softmax": ((_Z,), {"axis": 0}),
+    "log_softmax": ((_Z,), {"where": _Z > -1}),
+    "log1mexp": ((jnp.abs(_Z) + 0.1,), {}),
+    "safe_norm": ((_Z,), {}),
+    "xlogy": ((_Z, jnp.abs(_Z)), {}),
+    "softmax_cross_entropy": ((_Z, jnp.array([2, 0])), {}),
+    "sigmoid_binary_cross_entropy": ((_Z, jnp.ones_like(_Z)), {}),
+    "clip_gradient": ((_Z, -1.0, 1.0), {}),
+    "scale_gradient": ((_Z, -1.0), {}),
+    "straight_through": ((_Z,), {"fn": "sign"}),
+}
+
+
+def test_every_built_in_is_listed_here():
+    # The registry's own doctests register examples from funcgrad.primitives.registry.
+    modules = {n: fg.primitives.get(n).fn.__module__ for n in fg.primitives.names()}
+    built_in = {
+        n for n, m in modules.items()
+        if m.startswith("funcgrad.primitives.") and m != "funcgrad.primitives.registry"
+    }  # fmt: skip
+    assert built_in == set(BUILT_IN_CALLS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN_CALLS))
+def test_get_returns_the_public_calling_convention(name):
+    args, kwargs = BUILT_IN_CALLS[name]
+    public = getattr(fg, name)
+    by_name = fg.primitives.get(name)
+    np.testing.assert_array_equal(by_name(*args, **kwargs), public(*args, **kwargs))
+    grad = jax.grad(lambda x: jnp.sum(by_name(x, *args[1:], **kwargs)))(args[0])
+    np.testing.assert_array_equal(
+        grad, jax.grad(lambda x: jnp.sum(public(x, *args[1:], **kwargs)))(args[0])
+    )
+    assert str(inspect.signature(public)) in fg.primitives.describe()

@@ -245,3 +245,23 @@ def test_gradient_tools():
 )
 def test_check_primitive_on_every_builtin(prim, args):
     fg.testing.check_primitive(prim, *args)
+
+
+@pytest.mark.parametrize("classes", [10, 300], ids=["short rows", "long rows"])
+def test_cross_entropy_gradient_on_short_and_long_rows(classes):
+    """Both backward forms (a compare per logit, a scatter per row) give softmax − one-hot.
+
+    Integer labels take optax's one-pass form, exact to an absolute ε per class; one-hot
+    targets keep the mass off the maximum apart, so a dominant class's loss keeps its digits."""
+    logits = jax.random.normal(jax.random.key(0), (4, classes), jnp.float64) * 3
+    labels = jnp.array([0, classes - 1, 3, 7])
+    grad = jax.grad(lambda z: jnp.sum(fg.softmax_cross_entropy(z, labels)))(logits)
+    expected = jax.nn.softmax(logits) - jax.nn.one_hot(labels, classes, dtype=jnp.float64)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
+    dominant = jnp.zeros((1, classes), jnp.float64).at[0, 5].set(40.0)
+    rest = (classes - 1) * np.exp(-40.0)
+    g = jax.grad(lambda z: fg.softmax_cross_entropy(z, jnp.array([5]))[0])(dominant)
+    assert abs(float(g[0, 5]) + rest / (1 + rest)) <= classes * np.finfo(np.float64).eps
+    onehot = jax.nn.one_hot(jnp.array([5]), classes, dtype=jnp.float64)
+    loss = fg.softmax_cross_entropy(dominant, onehot)[0]
+    np.testing.assert_allclose(float(loss), np.log1p(rest), rtol=1e-14)

@@ -117,7 +117,7 @@ def test_full_disk_fails_loudly_and_keeps_older_checkpoints(tmp_path, monkeypatc
 SAVE_AND_DIE = """
 import sys, os, jax.numpy as jnp, funcgrad as fg
 from funcgrad.train import checkpoint
-real = checkpoint._write_atomic
+real = checkpoint.write_atomic
 def dying(path, data):
     if path.suffix == ".npz":
         # write half of the new file to its temporary name, then die as a killed process would
@@ -125,7 +125,7 @@ def dying(path, data):
         os.write(fd, data[: len(data) // 2])
         os._exit(9)
     real(path, data)
-checkpoint._write_atomic = dying
+checkpoint.write_atomic = dying
 fg.train.save(sys.argv[1], 2, {"w": jnp.full(3, 2.0)})
 """
 
