@@ -5,6 +5,7 @@ Every layer and combinator derives from `Layer`; `ParamLayer` builds leaf layers
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import zlib
 from collections.abc import Callable, Mapping
