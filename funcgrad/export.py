@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import sys
@@ -108,8 +109,6 @@ def save(
     write_atomic(folder / FUNCTION, bytes(exported.serialize()))
     save_safetensors(folder / PARAMS, params)
     save_safetensors(folder / STATE, state)
-    import funcgrad
-
     info = {
         "format": "funcgrad.export/1",
         "call": "forward(params, state, x)",
@@ -118,7 +117,7 @@ def save(
         "batch_polymorphic": batch_polymorphic,
         "platforms": list(exported.platforms),
         "files": {"function": FUNCTION, "params": PARAMS, "state": STATE},
-        "funcgrad_version": funcgrad.__version__,
+        "funcgrad_version": _version(),
         "jax_version": jax.__version__,
     }
     write_atomic(folder / INFO, (json.dumps(info, indent=2) + "\n").encode())
@@ -220,7 +219,10 @@ _USAGE = """examples:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m funcgrad export MODULE:NAME``; returns the exit status (0 on success, 2 on bad input)."""
-    from funcgrad.inspect.cli import _load, _shape  # the one way `python -m funcgrad` names targets
+    from funcgrad.inspect.cli import (
+        load_target,
+        parse_spec,
+    )  # the one way `python -m funcgrad` names targets
 
     parser = argparse.ArgumentParser(
         prog="python -m funcgrad export",
@@ -238,10 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fixed-batch", action="store_true", help="export for --input's batch size only")  # fmt: skip
     opts = parser.parse_args(argv)
     try:
-        _, model = _load(opts.target)
+        _, model = load_target(opts.target)
         if not isinstance(model, Layer):
             raise InputTypeError(f"{opts.target} is a {type(model).__name__}, not a funcgrad Layer")
-        x = _shape(opts.input)
+        x = parse_spec(opts.input)
         params_like, state_like = jax.eval_shape(model.init_with_state, jax.random.key(0), x)
         if opts.params:
             params = load_safetensors(opts.params, like=params_like)
@@ -262,3 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     inp = info["input"]
     print(f"wrote {folder}: {_shape_text(inp['dtype'], inp['shape'])} -> {outs} on {', '.join(info['platforms'])}")  # fmt: skip
     return 0
+
+
+def _version() -> str:
+    """funcgrad's installed version (read from its metadata: this module may not import the root)."""
+    try:
+        return importlib.metadata.version("funcgrad")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"

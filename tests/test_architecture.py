@@ -159,7 +159,12 @@ _read = Path.read_text
 
 
 def test_no_layer_overrides_apply():
-    """``Layer.apply`` alone states the return convention: ``y``, or ``(y, new_state)`` with state=."""
+    """``Layer.apply`` alone states the return convention: ``y``, or ``(y, new_state)`` with state=.
+
+    A layer may add keywords (the recurrent layers' ``lengths=``) and hand over to it.
+    """
+    import inspect
+
     from funcgrad import nn
 
     seen: set[type] = set()
@@ -168,5 +173,11 @@ def test_no_layer_overrides_apply():
         cls = stack.pop()
         seen.add(cls)
         stack.extend(c for c in cls.__subclasses__() if c not in seen)
-    overriding = [c.__qualname__ for c in seen if c is not nn.Layer and "apply" in vars(c)]
+    overriding = [
+        c.__qualname__
+        for c in seen
+        if c is not nn.Layer
+        and "apply" in vars(c)
+        and "super().apply(" not in inspect.getsource(vars(c)["apply"])
+    ]
     assert not overriding, f"layers that override apply: {overriding}"

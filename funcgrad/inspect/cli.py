@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     opts = parser.parse_args(argv)
     try:
-        module, obj = _load(opts.target)
+        module, obj = load_target(opts.target)
         if opts.command == "summary":
             if not isinstance(obj, Layer):
                 raise TypeError(f"{opts.target} is a {type(obj).__name__}, not a funcgrad Layer")
@@ -99,7 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _load(target: str) -> tuple[ModuleType, Any]:
+def load_target(target: str) -> tuple[ModuleType, Any]:
+    """The module and the object a ``MODULE:NAME`` target names (MODULE dotted, or a ``.py`` file).
+
+    Example:
+      >>> load_target("funcgrad.nn:relu")[1].kind
+      'relu'
+    """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(
@@ -134,16 +140,22 @@ def _arguments(opts: argparse.Namespace, module: ModuleType) -> tuple[Any, ...]:
         return value if isinstance(value, tuple) else (value,)
     if not opts.arg:
         raise ValueError("the function needs example arguments: --args EXPR or --arg f32[4,3]")
-    return tuple(_shape(text) for text in opts.arg)
+    return tuple(parse_spec(text) for text in opts.arg)
 
 
 def _value(text: str, module: ModuleType) -> Any:
     if re.fullmatch(r"\w+\[[\d, ]*\]", text.strip()):
-        return _shape(text)
+        return parse_spec(text)
     return eval(text, vars(module))  # the user's own expression, in the user's own module
 
 
-def _shape(text: str) -> jax.ShapeDtypeStruct:
+def parse_spec(text: str) -> jax.ShapeDtypeStruct:
+    """An array spec written as XLA writes it, like ``f32[4,3]``.
+
+    Example:
+      >>> parse_spec("bf16[2, 8]")
+      ShapeDtypeStruct(shape=(2, 8), dtype=bfloat16)
+    """
     m = re.fullmatch(r"(\w+)\[([\d, ]*)\]", text.strip())
     if m is None:
         raise ValueError(f"expected an array shape like f32[4,3]; got {text!r}")

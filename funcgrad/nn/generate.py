@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, DTypeError, ShapeError
-from funcgrad.nn.layer import Layer, Params, _check_key
+from funcgrad.nn.layer import Layer, Params, check_key
 
 
 def generate(
@@ -76,7 +76,7 @@ def generate(
         raise ConfigError(f"generate: temperature must be >= 0; got {temperature!r}")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
         raise ConfigError(f"generate: top_k must be a positive int or None; got {top_k!r}")
-    _check_key(key, "generate")
+    check_key(key, "generate")
     batch, length = prompt.shape
     cache = model.init_cache(batch, length + max_new_tokens, features=features, dtype=cache_dtype)
     greedy = temperature == 0 or top_k == 1

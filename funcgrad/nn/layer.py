@@ -93,7 +93,7 @@ class Layer:
 
     def init_with_state(self, key: Array, x: Any) -> tuple[Params, State]:
         """Parameters and the initial state (batch-norm statistics; ``{}`` for stateless models)."""
-        _check_key(key, f"{type(self).__name__}.init")
+        check_key(key, f"{type(self).__name__}.init")
         spec = as_spec(x, f"{type(self).__name__}.init")
         params, state, shared = _compiled_init(self, spec, key)
         for name, sub in shared.items():
@@ -139,7 +139,7 @@ class Layer:
           ``cache`` was given; ``(y, new_state, new_cache)`` with both.
         """
         if key is not None:
-            _check_key(key, f"{type(self).__name__}.apply")
+            check_key(key, f"{type(self).__name__}.apply")
         where = f"{type(self).__name__}.apply"
         if (cache is None) != (position is None):
             raise InputTypeError(f"{where}: give cache= and position= together, or neither")
@@ -360,7 +360,13 @@ def _compiled_init(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, 
     return compiled(key)
 
 
-def _check_key(key: Any, where: str) -> None:
+def check_key(key: Any, where: str) -> None:
+    """Raise an InputTypeError naming ``where`` unless ``key`` is one PRNG key.
+
+    Example:
+      >>> import jax
+      >>> check_key(jax.random.key(0), "Dropout.apply")  # fine: returns None
+    """
     if not isinstance(key, jax.Array):
         raise InputTypeError(
             f"{where}: expected a PRNG key from jax.random.key; got {type(key).__name__}"
