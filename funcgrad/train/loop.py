@@ -6,7 +6,6 @@ Logging, evaluation, early stopping, checkpoints and the progress bar are `Hook`
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcgrad.data import batches, num_examples, process_rows
+from funcgrad.data import num_examples
 from funcgrad.errors import ConfigError
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
@@ -54,17 +53,71 @@ class FitResult:
     state: TrainState | None = None
 
 
-def _epoch_batches(data_key: jax.Array, data: Any, batch_size: int, start: int) -> Iterator[Any]:
-    """Batches from global step ``start`` on: epoch e is `batches` ordered by fold_in(key, e)."""
+def _calls(
+    data_key: jax.Array, data: Any, batch_size: int, start: int, total: int, fused: int
+) -> Iterator[tuple[int, Any]]:
+    """``(k, batches)`` for each compiled call from step ``start`` to ``total``: a block of
+    ``fused`` stacked batches while that many steps remain, then single batches.
+
+    Epoch e visits the batches of `batches` ordered by ``fold_in(data_key, e)``. The epoch is
+    gathered once and shaped ``(batches, batch_size, ...)``, so a block is a view of it, not
+    a stack of copies.
+    """
+    leaves, treedef = jax.tree.flatten(data)
     per_epoch = num_examples(data) // batch_size
+    used = per_epoch * batch_size
     epoch, offset = divmod(start, per_epoch)
-    while True:
-        epoch_key = jax.random.fold_in(data_key, epoch)
-        yield from itertools.islice(batches(epoch_key, data, batch_size), offset, None)
-        epoch, offset = epoch + 1, 0
+    current: list[Any] = []
+
+    def load(e: int) -> list[Any]:
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, e), len(leaves[0])))
+        return [
+            leaf[order[:used]].reshape(per_epoch, batch_size, *np.shape(leaf)[1:])
+            for leaf in leaves
+        ]
+
+    step = start
+    while step < total:
+        k = fused if fused > 1 and total - step >= fused else 1
+        parts = []
+        need = k
+        while need:
+            if offset == 0 or not current:
+                current = load(epoch)
+            take = min(need, per_epoch - offset)
+            parts.append([leaf[offset : offset + take] for leaf in current])
+            need -= take
+            offset += take
+            if offset == per_epoch:
+                epoch, offset = epoch + 1, 0
+        if k == 1:
+            block = [leaf[0] for leaf in parts[0]]
+        elif len(parts) == 1:
+            block = parts[0]
+        else:
+            stack = lambda xs: (np if isinstance(xs[0], np.ndarray) else jnp).concatenate(xs)
+            block = [stack(list(xs)) for xs in zip(*parts, strict=True)]
+        yield k, jax.tree.unflatten(treedef, block)
+        step += k
 
 
-def _prefetched(stream: Iterator[Any], depth: int) -> Iterator[Any]:
+def _process_rows(calls: Iterator[tuple[int, Any]], batch_size: int) -> Iterator[tuple[int, Any]]:
+    """This process's rows of every global batch (several processes: each keeps its slice)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        yield from calls
+        return
+    if batch_size % count:
+        raise ConfigError(
+            f"fit: global batch size {batch_size} does not divide over {count} processes"
+        )
+    rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
+    for k, batch in calls:
+        cut = (lambda a: a[rows]) if k == 1 else (lambda a: a[:, rows])
+        yield k, jax.tree.map(cut, batch)
+
+
+def _prefetched(stream: Iterator[tuple[int, Any]], depth: int) -> Iterator[Any]:
     """Yield from ``stream`` while a background thread slices and copies the next ``depth``
     batches to the device."""
     queue: Queue[Any] = Queue(maxsize=depth)
@@ -82,8 +135,8 @@ def _prefetched(stream: Iterator[Any], depth: int) -> Iterator[Any]:
 
     def produce() -> None:
         try:
-            for item in stream:
-                if not put(jax.device_put(item)):
+            for k, batch in stream:
+                if not put((k, jax.device_put(batch))):
                     return  # the consumer has gone: fit stopped early
         except BaseException as err:  # surfaced in the consumer
             put(err)
@@ -261,9 +314,9 @@ def fit(
         hook.start(run)
     if plan is not None:
         run.state = place_state(plan, run.state, check_rules=True)
-    stream = _epoch_batches(jax.random.fold_in(key, 0), data, batch_size, run.step)
+    stream = _calls(jax.random.fold_in(key, 0), data, batch_size, run.step, total, fused)
     if plan is not None:
-        stream = process_rows(stream, batch_size, jax.process_index(), jax.process_count(), "fit")
+        stream = _process_rows(stream, batch_size)
     if prefetch:
         stream = _prefetched(stream, prefetch)
     due = [(h, h.every) for h in all_hooks if h.every > 0]
@@ -271,16 +324,9 @@ def fit(
     first = True
     try:
         while run.step < total and run.stopped is None:
-            if multi is not None and total - run.step >= fused:
-                group = [next(stream) for _ in range(fused)]
-                stacked = jax.tree.map(
-                    lambda *xs: (np if isinstance(xs[0], np.ndarray) else jnp).stack(xs), *group
-                )
-                run.state, _ = multi(run.state, stacked)
-                run.step += fused
-            else:
-                run.state, _ = step(run.state, next(stream))
-                run.step += 1
+            k, batch = next(stream)
+            run.state, _ = (multi if k > 1 else step)(run.state, batch)  # type: ignore[misc]
+            run.step += k
             if first:
                 first = False
                 if bar is not None:
