@@ -79,6 +79,14 @@ def _calls(
     step = start
     while step < total:
         k = fused if fused > 1 and total - step >= fused else 1
+        if k == 1:  # the common case, kept short: one view per leaf
+            if offset == 0 or not current:
+                current = load(epoch)
+            yield 1, jax.tree.unflatten(treedef, [leaf[offset] for leaf in current])
+            offset, step = offset + 1, step + 1
+            if offset == per_epoch:
+                epoch, offset = epoch + 1, 0
+            continue
         parts = []
         need = k
         while need:
@@ -90,9 +98,7 @@ def _calls(
             offset += take
             if offset == per_epoch:
                 epoch, offset = epoch + 1, 0
-        if k == 1:
-            block = [leaf[0] for leaf in parts[0]]
-        elif len(parts) == 1:
+        if len(parts) == 1:
             block = parts[0]
         else:
             stack = lambda xs: (np if isinstance(xs[0], np.ndarray) else jnp).concatenate(xs)
