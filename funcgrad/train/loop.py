@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcgrad.data import num_examples
+from funcgrad.data import num_examples, permutation
 from funcgrad.errors import ConfigError
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
@@ -32,7 +32,7 @@ from funcgrad.train.hooks import (
     Run,
     interval,
 )
-from funcgrad.train.state import NanGuardState, TrainState, unwrap_guard, zero_sums
+from funcgrad.train.state import NanGuardState, TrainState, key_parts, unwrap_guard, zero_sums
 from funcgrad.train.step import make_multistep, make_step, make_update, place_state, takes_key
 
 
@@ -70,7 +70,7 @@ def _calls(
     current: list[Any] = []
 
     def load(e: int) -> list[Any]:
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, e), len(leaves[0])))
+        order = permutation(jax.random.fold_in(data_key, e), len(leaves[0]))
         return [
             leaf[order[:used]].reshape(per_epoch, batch_size, *np.shape(leaf)[1:])
             for leaf in leaves
@@ -283,9 +283,11 @@ def fit(
         lambda p, s, o, b: update(p, s, o, b, jax.random.key(0) if with_key else None)[3],
         params, model_state, opt_state, first_batch,
     )  # fmt: skip
+    key_data, key_impl = key_parts(key)
     state = TrainState(
-        params, opt_state, model_state, jnp.asarray(0, jnp.int32), jnp.copy(key), zero_sums(shapes)
-    )
+        params, opt_state, model_state, jnp.asarray(0, jnp.int32), key_data, zero_sums(shapes),
+        key_impl,
+    )  # fmt: skip
     run = Run(state=state, step=0, total=total)
     every = {
         "log": interval(log_every, _default_log_every(per_epoch, fused), fused),

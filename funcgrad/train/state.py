@@ -5,6 +5,7 @@ transformation (`nan_guard`), so `make_step`, `make_multistep` and `fit` share b
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -12,7 +13,11 @@ import jax.numpy as jnp
 import optax
 
 
-@jax.tree_util.register_dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "opt_state", "model_state", "step", "key", "sums"],
+    meta_fields=["key_impl"],
+)
 @dataclasses.dataclass(frozen=True)
 class TrainState:
     """Everything a training run carries from step to step, as one pytree.
@@ -22,8 +27,10 @@ class TrainState:
       opt_state: the optimizer's state.
       model_state: the model's state (batch-norm statistics); ``{}`` without one.
       step: how many steps have been taken (an int32 array, so it lives on the device).
-      key: the run's PRNG key; step ``t`` draws its key as ``fold_in(fold_in(key, 1), t)``
-        (``fold_in(key, 0)`` orders the data in `fit`).
+      key: the run's PRNG key, held as its key data (a typed key passed to a jitted
+        function each step costs a slow Python path), with ``key_impl`` naming its
+        implementation; `run_key` gives it back typed. Step ``t`` draws its key as
+        ``fold_in(fold_in(run_key, 1), t)`` (``fold_in(run_key, 0)`` orders the data in `fit`).
       sums: running sums of the step's metrics since they were last read, with the number
         of steps summed under ``"count"``; `fit` reads and resets them at logging points.
 
@@ -48,6 +55,7 @@ class TrainState:
     step: jax.Array
     key: jax.Array
     sums: dict[str, jax.Array]
+    key_impl: str | None = None
 
     @classmethod
     def create(
@@ -65,26 +73,41 @@ class TrainState:
         A step donates the state, ``params`` included; ``key`` is copied, so the caller may
         go on using it (to order the data, say).
         """
+        data, impl = key_parts(key)
         return cls(
             params=params,
             opt_state=optimizer.init(params) if opt_state is None else opt_state,
             model_state={} if model_state is None else model_state,
             step=jnp.asarray(step, jnp.int32),
-            key=jnp.copy(key),
+            key=data,
             sums=zero_sums({"loss": jax.ShapeDtypeStruct((), jnp.float32)}),
+            key_impl=impl,
         )
 
     def replace(self, **changes: Any) -> TrainState:
         """A copy with some fields changed (the state is immutable)."""
         return dataclasses.replace(self, **changes)
 
+    def run_key(self) -> jax.Array:
+        """The run's PRNG key, typed as it was given."""
+        if self.key_impl is None:
+            return self.key
+        return jax.random.wrap_key_data(self.key, impl=self.key_impl)
+
     def step_key(self) -> jax.Array:
         """The PRNG key of the step about to run."""
-        return jax.random.fold_in(jax.random.fold_in(self.key, 1), self.step)
+        return jax.random.fold_in(jax.random.fold_in(self.run_key(), 1), self.step)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict: the layout of the checkpoints `fit` writes."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def key_parts(key: jax.Array) -> tuple[jax.Array, str | None]:
+    """A fresh copy of ``key``'s data and its implementation's name (None for a raw uint32 key)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jnp.copy(jax.random.key_data(key)), str(jax.random.key_impl(key))
+    return jnp.copy(key), None
 
 
 def zero_sums(shapes: dict[str, Any]) -> dict[str, jax.Array]:

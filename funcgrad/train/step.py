@@ -126,7 +126,7 @@ def _state_update(update: Update, with_key: bool) -> Callable[[TrainState, Any],
         take = jnp.asarray(True) if bad is None else bad < 0
         new = TrainState(
             params, opt_state, model_state, state.step + 1, state.key,
-            accumulate(state.sums, metrics, take),
+            accumulate(state.sums, metrics, take), state.key_impl,
         )  # fmt: skip
         return new, metrics
 
@@ -199,7 +199,7 @@ def place_state(plan: Plan, state: TrainState, *, check_rules: bool = False) -> 
         (state.params, state.opt_state, state.model_state), check_rules=check_rules
     )
     step, key, sums = plan.place((state.step, state.key, state.sums), replicated=True)
-    return TrainState(params, opt_state, model_state, step, key, sums)
+    return TrainState(params, opt_state, model_state, step, key, sums, state.key_impl)
 
 
 def make_step(
