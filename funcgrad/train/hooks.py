@@ -76,7 +76,7 @@ class Hook:
       >>> loss_fn = lambda w, b: jnp.mean((b[0] * w - 3 * b[0]) ** 2)
       >>> _ = fg.train.fit(loss_fn, optax.sgd(0.5), jnp.zeros(()), (x,), key=jax.random.key(0),
       ...                  batch_size=16, steps=80, log_every=40, progress=False, hooks=[PrintLoss()])
-      40 0.13
+      40 0.14
       80 0.0
     """
 

@@ -70,7 +70,7 @@ def _calls(
     current: list[Any] = []
 
     def load(e: int) -> list[Any]:
-        order = permutation(jax.random.fold_in(data_key, e), len(leaves[0]))
+        order = np.asarray(permutation(jax.random.fold_in(data_key, e), len(leaves[0])))
         return [
             leaf[order[:used]].reshape(per_epoch, batch_size, *np.shape(leaf)[1:])
             for leaf in leaves
