@@ -31,7 +31,6 @@ from funcgrad.train.state import (
     key_parts,
     nonfinite_step,
     unwrap_guard,
-    zero_sums,
 )
 
 
@@ -112,8 +111,7 @@ class LogMetrics(Hook):
 
     def after_step(self, run: Run) -> None:
         row, bad = self._read(run)
-        sums = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in run.state.sums.items()}
-        run.state = run.state.replace(sums=zero_sums(sums))
+        run.state = run.state.replace(sums=jax.tree.map(jnp.zeros_like, run.state.sums))
         if bad >= 0:
             if row is not None:
                 run.history.append(bad, **row)
@@ -339,8 +337,7 @@ def restore_state(
         step, tree = sharded.restore_sharded(directory, template, mesh=plan)
     else:
         step, tree = checkpoint.restore(directory, template)  # fit places it on the mesh
-    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in like.sums.items()}
-    sums, first_bad = zero_sums(shapes), -1
+    sums, first_bad = jax.tree.map(jnp.zeros_like, like.sums), -1
     loop_file = Path(directory) / f"loop_{step:09d}.json"
     if loop_file.exists():
         loop = json.loads(loop_file.read_text())
