@@ -1,6 +1,7 @@
-"""Error types funcgrad raises for bad input.
+"""Every error funcgrad raises on purpose: one family under `FuncgradError`.
 
-Each names the layer, argument or primitive at fault, what was expected and what came.
+Each class also derives from the builtin it stands for (``except ValueError`` still works), and
+each message names the layer, argument or primitive at fault, what was expected and what came.
 """
 
 from __future__ import annotations
@@ -48,3 +49,21 @@ class DonatedError(FuncgradError, ValueError):
 
 class IdRangeError(FuncgradError, IndexError):
     """An integer id lies outside the range a layer accepts (an `Embedding` id ≥ its vocabulary)."""
+
+
+class CheckpointError(FuncgradError, OSError):
+    """A checkpoint cannot be written, found or trusted: missing, damaged or not matching ``like``."""
+
+
+class MissingFileError(FuncgradError, FileNotFoundError):
+    """A file funcgrad was asked to read (an exported model, a module to inspect) is not there."""
+
+
+class UnknownNameError(FuncgradError, KeyError):
+    """A name was looked up that does not exist (a metric in `History`, a node in a graph).
+
+    The message lists the names that do exist.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

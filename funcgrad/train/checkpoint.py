@@ -18,16 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from funcgrad.errors import FuncgradError
+from funcgrad.errors import CheckpointError
 from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Mesh, Plan, as_plan, put
 
 FORMAT = "funcgrad-checkpoint-1"
 _NAME = re.compile(r"^ckpt_(\d{9})\.npz$")
-
-
-class CheckpointError(FuncgradError, ValueError):
-    """A checkpoint is missing, corrupted, foreign, or does not fit the model it is restored into."""
 
 
 def _encode(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
