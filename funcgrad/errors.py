@@ -43,6 +43,10 @@ class MissingToolError(FuncgradError, RuntimeError):
     """An optional outside program or package (Graphviz's ``dot``, say) is not installed."""
 
 
+class ToolFailedError(FuncgradError, RuntimeError):
+    """An outside program funcgrad ran (Graphviz's ``dot``, say) failed; its own message follows."""
+
+
 class DonatedError(FuncgradError, ValueError):
     """An array was used again after a step donated it (its buffer now holds the step's result)."""
 

@@ -10,9 +10,12 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsynced,
     renamed over ``path``, then the folder fsynced.
+
+    ``mode`` sets the file's permissions (say ``0o644`` for a picture others may read); by
+    default they are the temporary file's, readable and writable by the owner only.
 
     Example:
       >>> import tempfile, pathlib
@@ -29,6 +32,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from funcgrad.errors import ShapeError
 from funcgrad.inspect._format import aval_str, trace
 from funcgrad.inspect.capture import Capture, arg_labels, param_name, tree_labels
-from funcgrad.inspect.graph_types import Cluster, Edge, Graph, Node
+from funcgrad.inspect.graph_parts import Cluster, Edge, Node
+from funcgrad.inspect.graph_types import Graph
 from funcgrad.inspect.render import dot_program
 
 __all__ = ["Cluster", "Edge", "Graph", "Node", "dot_program", "graph"]
