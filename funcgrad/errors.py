@@ -55,6 +55,13 @@ class IdRangeError(FuncgradError, IndexError):
     """An integer id lies outside the range a layer accepts (an `Embedding` id ≥ its vocabulary)."""
 
 
+class CheckFailedError(FuncgradError, AssertionError):
+    """A check of `funcgrad.testing` failed: a derivative, dtype, ``jit`` or ``vmap`` disagrees.
+
+    An AssertionError, so that test runners report it as a failed test, not a crash.
+    """
+
+
 class CheckpointError(FuncgradError, OSError):
     """A checkpoint cannot be written, found or trusted: missing, damaged or not matching ``like``."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from funcgrad.errors import ConfigError, InputTypeError, MissingFileError, UnknownNameError
 from funcgrad.inspect.cost import cost
 from funcgrad.inspect.graph import graph
 from funcgrad.inspect.summary import summary
@@ -74,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, obj = load_target(opts.target)
         if opts.command == "summary":
             if not isinstance(obj, Layer):
-                raise TypeError(f"{opts.target} is a {type(obj).__name__}, not a funcgrad Layer")
+                raise InputTypeError(
+                    f"{opts.target} is a {type(obj).__name__}, not a funcgrad Layer"
+                )
             x = _value(opts.input, module)
             params = (
                 _value(opts.params, module)
@@ -108,13 +111,13 @@ def load_target(target: str) -> tuple[ModuleType, Any]:
     """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(
+        raise ConfigError(
             f"expected MODULE:NAME (like mypkg.model:loss or train.py:loss); got {target!r}"
         )
     if module_name.endswith(".py"):
         path = Path(module_name).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"no such file: {module_name}")
+            raise MissingFileError(f"no such file: {module_name}")
         sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec is not None and spec.loader is not None
@@ -128,18 +131,18 @@ def load_target(target: str) -> tuple[ModuleType, Any]:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise LookupError(f"module {module_name} has no attribute {attr!r}") from None
+        raise UnknownNameError(f"module {module_name} has no attribute {attr!r}") from None
     return module, obj
 
 
 def _arguments(opts: argparse.Namespace, module: ModuleType) -> tuple[Any, ...]:
     if opts.args and opts.arg:
-        raise ValueError("give the arguments either with --args or with --arg, not both")
+        raise ConfigError("give the arguments either with --args or with --arg, not both")
     if opts.args:
         value = _value(opts.args, module)
         return value if isinstance(value, tuple) else (value,)
     if not opts.arg:
-        raise ValueError("the function needs example arguments: --args EXPR or --arg f32[4,3]")
+        raise ConfigError("the function needs example arguments: --args EXPR or --arg f32[4,3]")
     return tuple(parse_spec(text) for text in opts.arg)
 
 
@@ -158,14 +161,14 @@ def parse_spec(text: str) -> jax.ShapeDtypeStruct:
     """
     m = re.fullmatch(r"(\w+)\[([\d, ]*)\]", text.strip())
     if m is None:
-        raise ValueError(f"expected an array shape like f32[4,3]; got {text!r}")
+        raise ConfigError(f"expected an array shape like f32[4,3]; got {text!r}")
     names = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
              "i8": "int8", "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}  # fmt: skip
     dtype = names.get(m.group(1), m.group(1))
     try:
         dt = jnp.dtype(dtype)
     except TypeError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown dtype {m.group(1)!r} in {text!r}; use f32, f64, bf16, i32, ..."
         ) from None
     shape = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)
