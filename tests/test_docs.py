@@ -22,6 +22,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from funcgrad.primitives import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_RUN = re.compile(r"<!--\s*no-run:\s*(\S.*?)\s*-->")
 FENCE = re.compile(r"^(`{3,})python\s*$")
@@ -83,6 +85,8 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
     # a module of its own, as a script is: dataclasses look their class's module up
     module = types.ModuleType(f"docs_{page.stem}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    # primitives a page registers are gone after it, as in a fresh interpreter
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     start = time.perf_counter()
     try:
         for block in python_blocks(page.read_text()):
