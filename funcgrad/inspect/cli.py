@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,11 +32,16 @@ _USAGE = """examples:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 on success, 2 on bad input)."""
+def main(argv: Sequence[str] | None = None, *, elsewhere: Mapping[str, str] | None = None) -> int:
+    """Run one command; returns the exit status (0 on success, 2 on bad input).
+
+    ``elsewhere`` names commands that ``python -m funcgrad`` runs itself (``export``), with
+    their one-line help: ``--help`` lists them beside this module's own.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m funcgrad",
-        description="See a computation: graph, parameter table or cost of a function.",
+        description="See a computation: graph, parameter table or cost of a function"
+        + (f"; also {', '.join(elsewhere)}." if elsewhere else "."),
         epilog=_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,7 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd.add_argument(
                 "--out", help="write .svg, .png, .pdf, .dot or .txt instead of printing text"
             )
+    for name, text in (elsewhere or {}).items():
+        sub.add_parser(name, help=text, add_help=False)
     opts = parser.parse_args(argv)
+    if opts.command in (elsewhere or {}):
+        print(f"run `python -m funcgrad {opts.command} --help`", file=sys.stderr)
+        return 2
     try:
         module, obj = load_target(opts.target)
         if opts.command == "summary":
