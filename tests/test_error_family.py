@@ -94,8 +94,9 @@ def builtin_raises(source: str) -> list[tuple[int, str]]:
 
 
 def exception_classes(source: str) -> list[tuple[int, str]]:
-    """``(line, class)`` of each class in ``source`` whose bases name an exception: a builtin one
-    or a class of funcgrad/errors.py."""
+    """``(line, class)`` of each class in ``source`` whose bases name an exception: a builtin one,
+    a class of funcgrad/errors.py, or any name ending in Error, Exception or Warning (another
+    package's exception)."""
     family = {c.__name__ for c in ERROR_CLASSES}
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -105,7 +106,9 @@ def exception_classes(source: str) -> list[tuple[int, str]]:
                 for b in node.bases
                 if isinstance(b, ast.Name | ast.Attribute)
             }
-            if bases & (BUILTIN_EXCEPTIONS | family):
+            if bases & (BUILTIN_EXCEPTIONS | family) or any(
+                b.endswith(("Error", "Exception", "Warning")) for b in bases
+            ):
                 found.append((node.lineno, node.name))
     return sorted(found)
 
@@ -155,6 +158,7 @@ def test_the_source_checks_can_fail():
         "class LocalError(errors.ConfigError):\n    pass\n"
         "class Other(RuntimeError):\n    pass\n"
         "class Fine:\n    pass\n"
+        "class Wrapped(safetensors.SafetensorError):\n    pass\n"
     )
     assert builtin_raises(source) == [(13, "NotImplementedError"), (14, "ValueError")]
-    assert exception_classes(source) == [(15, "LocalError"), (17, "Other")]
+    assert exception_classes(source) == [(15, "LocalError"), (17, "Other"), (21, "Wrapped")]
