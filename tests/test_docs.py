@@ -27,7 +27,8 @@ from funcgrad.primitives import registry
 ROOT = Path(__file__).resolve().parents[1]
 NO_RUN = re.compile(r"<!--\s*no-run:\s*(\S.*?)\s*-->")
 FENCE = re.compile(r"^(`{3,})python\s*$")
-PAGE_SECONDS = 60  # a guide whose blocks take longer shrinks its numbers
+PAGE_CPU_SECONDS = 120  # a guide whose blocks take longer shrinks its numbers (CPU time: the
+# machine may be shared, wall time is not the page's own)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     # primitives a page registers are gone after it, as in a fresh interpreter
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         for block in python_blocks(page.read_text()):
             if block.skip_reason is None:
@@ -95,8 +96,10 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
                 exec(compile(runnable(block.code), name, "exec"), vars(module))
     finally:
         jax.config.update("jax_enable_x64", x64)
-    seconds = time.perf_counter() - start
-    assert seconds < PAGE_SECONDS, f"{page.name} took {seconds:.0f} s; shrink its numbers"
+    seconds = time.process_time() - start
+    assert seconds < PAGE_CPU_SECONDS, (
+        f"{page.name} took {seconds:.0f} s of CPU; shrink its numbers"
+    )
 
 
 def test_no_run_is_rare_and_says_why():
