@@ -94,10 +94,6 @@ def imports_in(
     return [i for i in found if i.module == PACKAGE_ROOT or i.module.startswith("funcgrad.")]
 
 
-def imports(path: Path) -> list[Import]:
-    return imports_in(path.read_text(), module_name(path), path.name == "__init__.py")
-
-
 def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
     """``module -> funcgrad modules it imports``, from ``module -> (source, is_package)``.
 
