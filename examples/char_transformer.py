@@ -121,6 +121,8 @@ def main() -> None:
     sampling.add_argument("--prompt", default="def parse_",
                           help="text the samples continue (its characters must occur in argparse's source)")  # fmt: skip
     args = parser.parse_args()
+    if args.context < 2:
+        parser.error("--context must be at least 2 (sampling carries half a context over)")
 
     # The text and its characters: every distinct character is a token.
     text = inspect.getsource(argparse)
