@@ -19,8 +19,11 @@ from funcgrad import train
 def fit_tree():
     """The layout `fit` saves: parameters, Adam's state, model state and the run's key."""
     params = {
-        "dense_0": {"w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3)},
-        "dense_1": {"w": jnp.full((3, 1), 0.5, jnp.float32), "b": jnp.zeros(1)},
+        "dense_0": {
+            "w": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3),
+            "b": jnp.ones(3, jnp.float32),
+        },
+        "dense_1": {"w": jnp.full((3, 1), 0.5, jnp.float32), "b": jnp.zeros(1, jnp.float32)},
     }
     opt_state = optax.adam(1e-3).init(params)
     return {"params": params, "opt_state": opt_state, "model_state": {}, "key": jax.random.key(3)}
