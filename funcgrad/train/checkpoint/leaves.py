@@ -13,8 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcgrad import paths
 from funcgrad.errors import CheckpointError, ParamsError
+from funcgrad.paths import ROOT, dotted, leaves_with_paths, unflatten
 
 # The parts of the tree `fit` saves, as a mismatch message names them.
 PARTS = {"params": "parameters", "opt_state": "optimizer state", "model_state": "model state"}
@@ -40,7 +40,7 @@ def stored(x: Any) -> jax.ShapeDtypeStruct:
 
 def wanted(like: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """``{dotted path: stored shape and dtype}`` for every leaf of ``like``."""
-    return {name: stored(x) for name, x in paths.leaves_with_paths(like)}
+    return {name: stored(x) for name, x in leaves_with_paths(like)}
 
 
 def join(prefix: str, name: str) -> str:
@@ -63,7 +63,7 @@ def nest(leaves: Mapping[str, Any], where: str) -> Any:
     if set(leaves) == {""}:
         return leaves[""]
     try:
-        return paths.unflatten(dict(sorted(leaves.items())), where)
+        return unflatten(dict(sorted(leaves.items())), where)
     except ParamsError as err:
         raise CheckpointError(f"{err}; pass like= (e.g. model.init(...)) to load it") from err
 
@@ -81,14 +81,14 @@ def mismatches(saved: Mapping[str, Any], like: Mapping[str, jax.ShapeDtypeStruct
         and (tuple(saved[n].shape) != tuple(w.shape) or jnp.dtype(saved[n].dtype) != w.dtype)
     ]
     described = [
-        f"{n or paths.ROOT} (saved {jnp.dtype(saved[n].dtype)}{list(saved[n].shape)}, "
+        f"{n or ROOT} (saved {jnp.dtype(saved[n].dtype)}{list(saved[n].shape)}, "
         f"expected {like[n].dtype}{list(like[n].shape)})"
         for n in differ
     ]
     lines = []
     for label, names, shown in (
-        ("the checkpoint has no leaf", missing, [n or paths.ROOT for n in missing]),
-        ("the template has no leaf", extra, [n or paths.ROOT for n in extra]),
+        ("the checkpoint has no leaf", missing, [n or ROOT for n in missing]),
+        ("the template has no leaf", extra, [n or ROOT for n in extra]),
         ("shape or dtype differs for", differ, described),
     ):
         if names:
@@ -125,4 +125,4 @@ def from_keystr(name: str) -> str:
         end = match.end()
     if end != len(name):
         raise CheckpointError(f"leaf name {name!r} of a funcgrad-checkpoint-1 file is not a path")
-    return paths.dotted(steps)
+    return dotted(steps)

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from funcgrad import paths
 from funcgrad.errors import CheckpointError, DamagedCheckpointError
 from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Plan, put
+from funcgrad.paths import leaves_with_paths
 from funcgrad.train.checkpoint.leaves import from_keystr, is_key, join, key_impl
 
 # Why not orbax here too: it would make an optional dependency a required one for every
@@ -53,7 +53,7 @@ def _encode(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``{dotted path: array}``; typed PRNG keys become their key data plus impl name."""
     arrays: dict[str, np.ndarray] = {}
     key_impls = {}
-    for name, leaf in paths.leaves_with_paths(tree):
+    for name, leaf in leaves_with_paths(tree):
         if name in arrays:
             raise CheckpointError(
                 f"two leaves share the path {name!r} (a key contains '.'); rename the key"
@@ -118,7 +118,7 @@ class Saved:
         """``like``'s tree of the leaves under ``prefix``, keys rewrapped, placed by ``plan``
         (else as ``like``'s leaves are when those span several devices)."""
         values = []
-        for name, x in paths.leaves_with_paths(like):
+        for name, x in leaves_with_paths(like):
             full = join(prefix, name)
             value = jnp.asarray(self.leaves[full])
             if is_key(x):

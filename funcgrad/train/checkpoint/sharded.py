@@ -16,9 +16,9 @@ from typing import Any
 import jax
 from jax.sharding import SingleDeviceSharding
 
-from funcgrad import paths
 from funcgrad.errors import CheckpointError, DamagedCheckpointError, MissingToolError
 from funcgrad.parallel.plan import Plan
+from funcgrad.paths import leaves_with_paths
 from funcgrad.train.checkpoint.leaves import is_key, key_impl, stored
 
 _NAME = re.compile(r"^sharded_(\d{9})$")
@@ -151,4 +151,4 @@ def read(directory: Path, step: int) -> Saved:
             f"{where}: its metadata (_METADATA) is missing or unreadable; corrupted or "
             "truncated; not loading it"
         )
-    return Saved(step, where, dict(paths.leaves_with_paths(item.tree)))
+    return Saved(step, where, dict(leaves_with_paths(item.tree)))
