@@ -88,7 +88,7 @@ def mismatches(saved: Mapping[str, Any], like: Mapping[str, jax.ShapeDtypeStruct
     lines = []
     for label, names, shown in (
         ("the checkpoint has no leaf", missing, [n or ROOT for n in missing]),
-        ("the template has no leaf", extra, [n or ROOT for n in extra]),
+        ("like= has no leaf", extra, [n or ROOT for n in extra]),
         ("shape or dtype differs for", differ, described),
     ):
         if names:
