@@ -213,9 +213,9 @@ def _intact(candidates: list[Any], directory: Path) -> list[int]:
 def _fill(saved: Any, like: Any, prefix: str, plan: Plan | None, directory: Path) -> Any:
     """``saved``'s leaves under ``prefix`` as ``like``'s tree (nested dicts without one), checked."""
     leaves, prefix = part(saved.leaves, prefix) if prefix else (saved.leaves, "")
-    if like is None:
+    if like is None:  # built from the saved leaves, so it fits them
         shapes = {n: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for n, v in leaves.items()}
-        like = nest(shapes, f"checkpoint {saved.where}")
+        return saved.load(nest(shapes, f"checkpoint {saved.where}"), prefix, plan)
     problems = mismatches(leaves, wanted(like))
     if problems:
         what = "its parameters do" if prefix == "params" else "it does"
