@@ -188,8 +188,8 @@ def _load(
                     RuntimeWarning,
                     stacklevel=3,
                 )
-    intact = _intact([(s, f) for s, f in found if s != step], directory)
     if step is not None:
+        intact = _intact([(s, f) for s, f in found if s != step], directory)
         raise CheckpointError(
             f"{damage[-1]}; the intact {kind}s in {directory} are steps {intact}"
         ) from damage[-1]
