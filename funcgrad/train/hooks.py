@@ -229,8 +229,9 @@ class Checkpoint(Hook):
 
     The arrays go to a checkpoint (`funcgrad.train.save`) as ``{"params", "opt_state",
     "model_state", "key"}`` (the optimizer's own state, as ``optimizer.init`` makes it), so
-    `restore` with that ``like`` or `load_params` reads them; ``history_{step}.json`` holds the rows logged on
-    schedule and ``loop_{step}.json`` the running metric sums and the NaN guard's record.
+    `restore` with that ``like`` or `load_params` reads them; ``history_{step}.json`` holds
+    the rows logged on schedule and ``loop_{step}.json`` the running metric sums and the NaN
+    guard's record.
     At the start, with ``resume``, continue from the newest intact checkpoint in
     ``directory`` (`restore_state`): the resumed run's parameters and history are the
     uninterrupted run's. The ``keep`` newest are kept.
