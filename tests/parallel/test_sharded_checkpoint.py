@@ -218,3 +218,15 @@ def test_sharded_checkpoints_of_the_earlier_layout_still_load():
     equal(back["opt_state"], expected["opt_state"])
     equal(jax.random.key_data(back["key"]), jax.random.key_data(expected["key"]))
     equal(train.load_params(FIXTURES / "sharded_v1"), expected["params"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's, as above
+def test_truncated_newest_sharded_files_fall_back_to_the_one_before(tmp_path):
+    tree, placed = state_tree(fsdp(8))
+    train.save(tmp_path, 1, placed, mesh=fsdp(8))
+    train.save(tmp_path, 2, placed, mesh=fsdp(8))
+    for data in (tmp_path / "sharded_000000002").rglob("d/*"):
+        content = data.read_bytes()
+        data.write_bytes(content[: len(content) // 2])
+    with pytest.warns(RuntimeWarning, match=r"sharded_000000002.*corrupted or truncated"):
+        assert train.load_params(tmp_path, tree["params"])["dense_0"]["w"].shape == (16, 32)
