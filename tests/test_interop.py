@@ -78,7 +78,7 @@ def test_like_lists_every_missing_extra_misshaped_and_mistyped_path(tmp_path):
     message = str(err.value)
     for text in ("missing from the file: ['new.k']", "not in `like`: ['ids']",
                  "serial_0.dense_0.w: expected (3, 2), file has (2, 3)",
-                 "half: expected float32, file has float16"):  # fmt: skip
+                 "half: expected float32 (F32), file has F16"):  # fmt: skip
         assert text in message
 
 
