@@ -123,10 +123,10 @@ def from_torch(
     for module, slot in pairs:
         where = f"from_torch: PyTorch '{module.prefix or ROOT}' → funcgrad {slot.describe()}"
         check_hyperparameters(module, slot, where)
+        hint = _channels_hint(module, slot, spec)  # before `convert` takes the tensors
         try:
             p, s = convert(module, slot, where)
         except ShapeError as err:
-            hint = _channels_hint(module, slot, spec)
             if not hint:
                 raise
             raise ShapeError(f"{err}. {hint}") from None

@@ -89,7 +89,8 @@ def load_safetensors(path: str | os.PathLike[str], like: Any = None) -> Any:
     with _open(path) as file:
         entries = {k: file.get_slice(k) for k in file.offset_keys()}
         if like is None:
-            flat = {k: jnp.asarray(_tensor(file, k, path)) for k in sorted(entries)}
+            # jax.device_put copies once; jnp.asarray of a large array copies twice.
+            flat = {k: jax.device_put(_tensor(file, k, path)) for k in sorted(entries)}
             return unflatten(flat, where)
         want = flatten(like, "load_safetensors(like=...)")
         _check_like({k: (tuple(e.get_shape()), e.get_dtype()) for k, e in entries.items()}, want, where)  # fmt: skip
@@ -97,7 +98,9 @@ def load_safetensors(path: str | os.PathLike[str], like: Any = None) -> Any:
         def place(key_path: Any, leaf: Any) -> Any:
             value = _tensor(file, dotted(key_path), path)
             sharding = getattr(leaf, "sharding", None)
-            return jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+            return (
+                jax.device_put(value, sharding) if sharding is not None else jax.device_put(value)
+            )
 
         return jax.tree_util.tree_map_with_path(place, like)
 
