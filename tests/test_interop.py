@@ -636,3 +636,9 @@ def test_a_channels_first_example_is_told_to_transpose():
     ) as err:  # a channels-last input of the wrong width gets no such hint
         fg.interop.from_torch(nn.Conv(8, (3, 3), padding=1), data(2, 16, 16, 4), net.state_dict())
     assert "channels-last" not in str(err.value)
+
+
+def test_a_mapping_to_another_kind_is_refused_before_reading_settings():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ParamsError, match="a Linear cannot fill a MultiHeadAttention"):
+        fg.interop.from_torch(nn.MultiHeadAttention(2), data(1, 3, 4), net, mapping={"0": ""})

@@ -122,7 +122,6 @@ def from_torch(
     state: dict[str, Any] = {}
     for module, slot in pairs:
         where = f"from_torch: PyTorch '{module.prefix or ROOT}' → funcgrad {slot.describe()}"
-        check_hyperparameters(module, slot, where)
         hint = _channels_hint(module, slot, spec)  # before `convert` takes the tensors
         try:
             p, s = convert(module, slot, where)
@@ -130,6 +129,7 @@ def from_torch(
             if not hint:
                 raise
             raise ShapeError(f"{err}. {hint}") from None
+        check_hyperparameters(module, slot, where)  # once the kinds are known to agree
         _put(params, slot.path, p)
         if s:
             _put(state, slot.path, s)

@@ -38,7 +38,7 @@ def check_hyperparameters(m: TorchModule, slot: Slot, where: str) -> None:
         problems.append(f"PyTorch has {what}={torch_value!r}, funcgrad has {ours!r} ({fix})")
 
     family = slot.family
-    if family == "attention":
+    if family == "attention" and hasattr(torch_module, "num_heads"):
         heads = int(torch_module.num_heads)
         if heads != layer.num_heads:
             problems.append(
@@ -53,7 +53,7 @@ def check_hyperparameters(m: TorchModule, slot: Slot, where: str) -> None:
             problems.append("funcgrad has rope=True; PyTorch's MultiheadAttention has no rotary embeddings")  # fmt: skip
     elif family in ("norm", "batch_norm"):
         _norm(torch_module, layer, slot, differ, problems)
-    elif family == "conv":
+    elif family == "conv" and hasattr(torch_module, "kernel_size"):
         _conv(torch_module, layer, differ, problems)
     elif family == "embedding" and getattr(torch_module, "max_norm", None) is not None:
         problems.append(
@@ -74,6 +74,8 @@ def _norm(torch_module: Any, layer: Any, slot: Slot, differ: Any, problems: list
             f"PyTorch has a {type(torch_module).__name__}, funcgrad a {type(layer).__name__} "
             f"(build an nn.{want.__name__})"
         )
+        return
+    if not hasattr(torch_module, "eps"):  # a norm of the user's own: nothing known to compare
         return
     eps = torch_module.eps
     if eps is None:  # torch.nn.RMSNorm(eps=None): the input dtype's machine epsilon
