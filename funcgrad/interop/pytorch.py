@@ -19,7 +19,7 @@ from funcgrad.nn.combinators import Repeat
 from funcgrad.nn.layer import Layer, ParamLayer, as_spec
 from funcgrad.nn.recording import Recorder, recording
 from funcgrad.nn.recurrent import Bidirectional, Recurrent
-from funcgrad.paths import ROOT, describe
+from funcgrad.paths import ROOT, describe, dotted
 
 __all__ = ["from_torch"]
 
@@ -168,7 +168,7 @@ def _match(
     slots: list[Slot], modules: list[TorchModule], mapping: dict[str, str]
 ) -> list[tuple[TorchModule, Slot]]:
     by_prefix = {m.prefix: m for m in modules}
-    by_path = {".".join(s.path): s for s in slots}
+    by_path = {dotted(s.path): s for s in slots}
     pairs = []
     for prefix, path in mapping.items():
         if prefix not in by_prefix:

@@ -18,6 +18,7 @@ from funcgrad.nn.activations import Elementwise
 from funcgrad.nn.layer import Layer
 from funcgrad.nn.norm import GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from funcgrad.nn.window import padding_arg, per_axis
+from funcgrad.paths import ROOT
 
 __all__ = ["check_hyperparameters", "check_order"]
 
@@ -154,7 +155,7 @@ def check_order(pairs: list[tuple[TorchModule, Slot]], calls: list[tuple[Layer, 
             owner = m.prefix.rpartition(".")[0]
             blocks.setdefault(id(m.parent), (m.parent, owner, {}))[2][m.prefix.rpartition(".")[2]] = slot  # fmt: skip
     for parent, owner, children in blocks.values():
-        where = f"from_torch: PyTorch '{owner or '(top)'}' ({type(parent).__name__})"
+        where = f"from_torch: PyTorch '{owner or ROOT}' ({type(parent).__name__})"
         norm, attention = children.get("norm1"), children.get("self_attn")
         norm_first = getattr(parent, "norm_first", None)
         if isinstance(norm_first, bool) and norm is not None and attention is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from funcgrad.errors import InputTypeError
+from funcgrad.paths import ROOT
 
 __all__ = ["TORCH_NAMES", "TorchModule", "is_torch_module", "read_torch", "torch_family"]
 
@@ -56,7 +57,7 @@ class TorchModule:
 
     def describe(self) -> str:
         names = ", ".join(f"{n}{list(t.shape)}" for n, t in self.tensors.items())
-        return f"'{self.prefix or '(top)'}' ({TORCH_NAMES[self.family]}: {names})"
+        return f"'{self.prefix or ROOT}' ({TORCH_NAMES[self.family]}: {names})"
 
 
 def is_torch_module(value: Any) -> bool:
