@@ -138,14 +138,14 @@ def code_of(dtype: Any) -> str:
 def _tensor(file: Any, key: str, path: str | os.PathLike[str]) -> np.ndarray:
     try:
         return np.asarray(file.get_tensor(key))
-    except AttributeError:  # safetensors' NumPy reader looks float8 up on numpy, which lacks it
+    except Exception:  # safetensors' NumPy reader lacks float8 (and bfloat16 before 0.5 or so)
         return _ml_dtypes_view(path, key, file.get_slice(key))
 
 
 def _ml_dtypes_view(path: str | os.PathLike[str], key: str, entry: Any) -> np.ndarray:
     """A read-only memory-mapped view of one tensor in a dtype of ml_dtypes (the float8 family)."""
     code = entry.get_dtype()
-    kinds = [getattr(ml_dtypes, n) for n in dir(ml_dtypes) if n.startswith("float")]
+    kinds = [getattr(ml_dtypes, n) for n in dir(ml_dtypes) if "float" in n and n != "finfo"]
     matches = [k for k in kinds if code_of(k) == code]
     if not matches:
         raise ParamsError(
