@@ -78,3 +78,11 @@ class UnknownNameError(FuncgradError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint's files are corrupted or truncated: its checksum or its store says so.
+
+    `restore`, `load_params` and a resuming `fit` fall back to the newest intact checkpoint
+    (with a warning) rather than raise this, unless that exact step was asked for.
+    """
