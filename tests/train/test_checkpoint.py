@@ -1,7 +1,7 @@
 import hashlib
 import io
 import json
-import os
+import pathlib
 import runpy
 import subprocess
 import sys
@@ -98,14 +98,11 @@ def test_directory_that_cannot_be_made_is_a_clear_error(tmp_path):
 def test_full_disk_fails_loudly_and_keeps_older_checkpoints(tmp_path, monkeypatch):
     fg.train.save(tmp_path, 1, {"w": jnp.ones(2)}, keep=1)
 
-    def no_space(fd, data):
+    def no_space(self, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode: type("F", (), {
-        "__enter__": lambda self: self, "__exit__": lambda self, *a: os.close(fd),
-        "write": lambda self, data: no_space(fd, data), "flush": lambda self: None,
-        "fileno": lambda self: fd,
-    })())  # fmt: skip
+    # Every atomic write fills its temporary file through Path.write_bytes (funcgrad.io).
+    monkeypatch.setattr(pathlib.Path, "write_bytes", no_space)
     with pytest.raises(
         CheckpointError, match="No space left on device.*earlier checkpoints are intact"
     ):
