@@ -15,18 +15,18 @@ import jax.numpy as jnp
 from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.layer import (
     Array,
-    Cache,
     Context,
     Layer,
     Params,
     Path,
+    SlotRequest,
     State,
     Wrapper,
     apply_child,
     path_key,
-    path_str,
 )
 from funcgrad.nn.loops import loop_body
+from funcgrad.paths import describe
 
 
 def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
@@ -50,12 +50,12 @@ def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
 def _check_keys(tree: Any, keys: tuple[str, ...], path: Path, what: str, layer: str) -> None:
     if not isinstance(tree, dict):
         raise ParamsError(
-            f"{layer} at {path_str(path)}: {what} must be a dict; got {type(tree).__name__}"
+            f"{layer} at {describe(path)}: {what} must be a dict; got {type(tree).__name__}"
         )
     extra = sorted(set(tree) - set(keys))
     if extra:
         raise ParamsError(
-            f"{layer} at {path_str(path)}: unexpected {what} key(s) {extra}; its children are "
+            f"{layer} at {describe(path)}: unexpected {what} key(s) {extra}; its children are "
             f"{list(keys)}"
         )
 
@@ -93,14 +93,12 @@ class _Group(Layer):
             x = y
         return params, state, outs
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        caches = {
-            k: layer._init_cache(batch, max_length, features, dtype, (*path, k))
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        slots = {
+            k: layer._init_slot(request, None if params is None else params.get(k, {}), (*path, k))
             for k, layer in zip(self.keys, self.layers, strict=True)
         }
-        return {k: c for k, c in caches.items() if c}
+        return {k: s for k, s in slots.items() if s}
 
     def _child_inputs(
         self, params: Params, state: State, path: Path
@@ -188,11 +186,11 @@ class Parallel(_Group):
         shapes = [tuple(o.shape) for o in outs]
         if self.combine == "sum" and len(set(shapes)) > 1:
             raise ShapeError(
-                f"parallel at {path_str(path)}: cannot sum branch outputs of shapes {shapes}"
+                f"parallel at {describe(path)}: cannot sum branch outputs of shapes {shapes}"
             )
         if self.combine == "concat" and len({s[:-1] for s in shapes}) > 1:
             raise ShapeError(
-                f"parallel at {path_str(path)}: cannot concatenate branch outputs of shapes {shapes} "
+                f"parallel at {describe(path)}: cannot concatenate branch outputs of shapes {shapes} "
                 "on the last axis"
             )
         return params, state, jax.eval_shape(self._fan_in, outs)
@@ -239,14 +237,14 @@ class Residual(Serial):
         if not hasattr(y, "shape") or tuple(x.shape) != tuple(y.shape):
             got = f"{tuple(y.shape)} {y.dtype}" if hasattr(y, "shape") else type(y).__name__
             raise ShapeError(
-                f"residual at {path_str(path)}: the branch maps {tuple(x.shape)} {x.dtype} to "
+                f"residual at {describe(path)}: the branch maps {tuple(x.shape)} {x.dtype} to "
                 f"{got}; a residual connection needs the shapes equal"
             )
         if x.dtype != y.dtype and not (
             jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)
         ):
             raise DTypeError(
-                f"residual at {path_str(path)}: the branch maps dtype {x.dtype} to {y.dtype}; "
+                f"residual at {describe(path)}: the branch maps dtype {x.dtype} to {y.dtype}; "
                 "a residual connection adds them, so both must be floating point or equal"
             )
         return params, state, jax.ShapeDtypeStruct(x.shape, y.dtype)
@@ -302,16 +300,14 @@ class Shared(Layer):
             shared[self.name] = params
         return {}, {}, y
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        # Each place of use has its own cache (under its own key), the parameters are shared.
-        return self.layer._init_cache(batch, max_length, features, dtype, (self.name,))
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        # Each place of use has its own slot (under its own key), the parameters are shared.
+        return self.layer._init_slot(request, request.shared.get(self.name), (self.name,))
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         if params:
             raise ParamsError(
-                f"shared layer '{self.name}' at {path_str(path)} keeps its parameters at the top "
+                f"shared layer '{self.name}' at {describe(path)} keeps its parameters at the top "
                 f"of the tree, params['{self.name}']; got parameters at its place of use"
             )
         # The state is {} or this place's cache.
@@ -356,7 +352,7 @@ class Repeat(Layer):
         _, _, y = self.layer._init(key, x, path, shared)
         if not _same_spec(x, y):
             raise ShapeError(
-                f"repeat at {path_str(path)}: the repeated layer maps {tuple(x.shape)} {x.dtype} "
+                f"repeat at {describe(path)}: the repeated layer maps {tuple(x.shape)} {x.dtype} "
                 f"to {tuple(y.shape)} {y.dtype}; scanning needs its output shaped and typed like "
                 "its input (cast the input to the compute dtype, or use mixed_precision)"
             )
@@ -369,18 +365,17 @@ class Repeat(Layer):
         params, state = jax.vmap(one)(jnp.arange(self.n))
         return params, state, x
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        cache = self.layer._init_cache(batch, max_length, features, dtype, path)
-        return jax.tree.map(lambda a: jnp.zeros((self.n, *a.shape), a.dtype), cache)
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        one = None if params is None else jax.tree.map(lambda a: a[0], params)
+        slot = self.layer._init_slot(request, one, path)
+        return jax.tree.map(lambda a: jnp.zeros((self.n, *a.shape), a.dtype), slot)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         leaves = jax.tree.leaves((params, state))
         bad = [jnp.shape(v) for v in leaves if jnp.ndim(v) == 0 or jnp.shape(v)[0] != self.n]
         if bad:
             raise ParamsError(
-                f"repeat at {path_str(path)}: every parameter needs a leading axis of size "
+                f"repeat at {describe(path)}: every parameter needs a leading axis of size "
                 f"{self.n} (one slice per copy); got shapes {bad[:3]}"
             )
 

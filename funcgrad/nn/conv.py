@@ -25,11 +25,11 @@ from funcgrad.nn.layer import (
     Path,
     Spec,
     compute_dtype,
-    path_str,
     require_float,
 )
 from funcgrad.nn.loops import in_loop_body
 from funcgrad.nn.window import Padding, padding_arg, per_axis
+from funcgrad.paths import describe
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -145,15 +145,15 @@ class Conv(ParamLayer):
         require_float(x, path, layer)
         nd = self._nd(x)
         if nd not in _SPATIAL:
-            raise ConfigError(f"{layer} at {path_str(path)}: 1, 2 or 3 spatial dims; got {nd}")
+            raise ConfigError(f"{layer} at {describe(path)}: 1, 2 or 3 spatial dims; got {nd}")
         if x.ndim != nd + 2:
             raise ShapeError(
-                f"{layer} at {path_str(path)}: a {nd}-d convolution expects input of rank "
+                f"{layer} at {describe(path)}: a {nd}-d convolution expects input of rank "
                 f"{nd + 2} (batch, {', '.join(_SPATIAL[nd])}, channels); got shape {tuple(x.shape)}"
             )
         if x.shape[-1] % self.groups or self.features % self.groups:
             raise ConfigError(
-                f"{layer} at {path_str(path)}: groups={self.groups} must divide the input "
+                f"{layer} at {describe(path)}: groups={self.groups} must divide the input "
                 f"channels ({x.shape[-1]}) and features ({self.features})"
             )
 

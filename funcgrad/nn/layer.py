@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.recording import Recorder as Recorder
 from funcgrad.nn.recording import current_recorder
 from funcgrad.nn.recording import recording as recording
+from funcgrad.paths import describe
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -29,8 +31,8 @@ Initializer = Callable[..., Array]
 
 
 def path_str(path: Path) -> str:
-    """``('block_0', 'dense_1')`` as ``params['block_0']['dense_1']``, as `jax.tree_util.keystr` writes it."""
-    return "params" + "".join(f"[{k!r}]" for k in path)
+    """``('block_0', 'dense_1')`` as ``block_0.dense_1`` (`funcgrad.paths.describe`)."""
+    return describe(path)
 
 
 def path_key(key: Array, path: Path) -> Array:
@@ -47,6 +49,19 @@ class Context:
     train: bool
     shared: Mapping[str, Any]
     position: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotRequest:
+    """What `Layer.init_cache` and `Layer.init_carry` ask of every layer in a model: its slot
+    of the state, ``"cache"`` (attention keys and values) or ``"carry"`` (recurrent layers)."""
+
+    what: str
+    batch: int
+    max_length: int | None
+    features: int | None
+    dtype: Any
+    shared: Mapping[str, Any]
 
 
 def as_spec(x: Any, where: str) -> Any:
@@ -117,32 +132,67 @@ class Layer:
         key: Array | None = None,
         state: State | None = None,
         train: bool | None = None,
-        cache: Cache | None = None,
         position: Any = None,
+        **deprecated: Any,
     ) -> Any:
         """Run the layer. Pure: the same arguments always give the same result.
+
+        The one calling convention of every layer and model: ``apply(params, x) -> y``, and
+        ``apply(params, x, state=s) -> (y, new_state)`` exactly when ``state=`` is given.
+        Batch-norm statistics, attention key/value caches (`init_cache`) and recurrent
+        carries (`init_carry`) all travel in the state tree.
 
         Args:
           params: the tree ``init`` returned.
           x: the input, batch first.
           key: a PRNG key; giving one switches on training mode (dropout).
-          state: the state tree; when given, ``apply`` returns ``(y, new_state)``.
+          state: the state tree (from `init_with_state`, `init_cache`, `init_carry`, or a
+            previous call); when given, ``apply`` returns ``(y, new_state)``, the new state
+            shaped like the given one.
           train: training mode; defaults to ``key is not None``. Batch norm in
             training mode uses batch statistics and updates ``state``.
-          cache: the tree `init_cache` made (attention keys and values); decodes the
-            tokens ``x`` at positions ``position, position + 1, ...``.
-          position: where ``x`` starts in the sequence (an int or a scalar array); only
-            with ``cache``.
+          position: decoding: ``x`` holds the tokens at positions ``position,
+            position + 1, ...`` (an int or a scalar array); needs the caches of
+            `init_cache` in ``state``.
 
         Returns:
-          ``y``; ``(y, new_state)`` when ``state`` was given; ``(y, new_cache)`` when
-          ``cache`` was given; ``(y, new_state, new_cache)`` with both.
+          ``y``, or ``(y, new_state)`` when ``state`` was given.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> from funcgrad import nn
+          >>> x = jnp.ones((2, 3))
+          >>> mlp = nn.serial(nn.Dense(4), nn.relu)
+          >>> mlp.apply(mlp.init(jax.random.key(0), x), x).shape
+          (2, 4)
+          >>> model = nn.serial(nn.Dense(4), nn.BatchNorm())
+          >>> params, state = model.init_with_state(jax.random.key(0), x)
+          >>> y, state = model.apply(params, x, state=state, train=True)
+          >>> sorted(state)
+          ['batch_norm_1']
         """
-        if key is not None:
-            check_key(key, f"{type(self).__name__}.apply")
         where = f"{type(self).__name__}.apply"
-        if (cache is None) != (position is None):
-            raise InputTypeError(f"{where}: give cache= and position= together, or neither")
+        if key is not None:
+            check_key(key, where)
+        wants_state = state is not None
+        cache = deprecated.pop("cache", None)
+        x, state, finish = self._legacy_keywords(x, state, deprecated, where)
+        if cache is not None:
+            warnings.warn(
+                f"{where}(..., cache=c, position=p) is deprecated: the cache is part of the "
+                "state; use `y, state = model.apply(params, x, state=cache, position=p)` with "
+                "`cache = model.init_cache(batch, max_length, params=params)`",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if position is None:
+                raise InputTypeError(f"{where}: give cache= and position= together, or neither")
+            state = _merge({} if state is None else state, cache, where)
+        elif position is not None and state is None:
+            raise InputTypeError(
+                f"{where}: position= decodes with key/value caches, which live in the state: "
+                "pass state=model.init_cache(batch, max_length, params=params)"
+            )
         names = shared_names(self)
         if names and isinstance(params, Mapping):
             missing = [n for n in names if n not in params]
@@ -156,51 +206,115 @@ class Layer:
             shared = {}
         mode = key is not None if train is None else train
         ctx = Context(key=key, train=mode, shared=shared, position=position)
-        # A cache travels down the tree inside the state: each attention layer finds its own
-        # {"k", "v"} in its state slot, so every combinator that threads state threads caches.
-        both = {} if state is None else state
+        y, new_state = apply_child(self, params, {} if state is None else state, x, ctx, ())
+        y = finish(y)
         if cache is not None:
-            both = _merge(both, cache, where)
-        y, new_both = apply_child(self, params, both, x, ctx, ())
-        if cache is None:
-            return y if state is None else (y, new_both)
-        new_cache, new_state = _split(new_both, cache)
-        return (y, new_cache) if state is None else (y, new_state, new_cache)
+            new_cache, rest = _split(new_state, cache)
+            return (y, new_cache) if not wants_state else (y, rest, new_cache)
+        return (y, new_state) if wants_state else y
 
     def init_cache(
-        self, batch: int, max_length: int, *, features: int | None = None, dtype: Any = None
-    ) -> Cache:
-        """Empty key/value caches for every attention layer inside, for ``apply(..., cache=)``.
+        self,
+        batch: int,
+        max_length: int,
+        *,
+        params: Params | None = None,
+        features: int | None = None,
+        dtype: Any = None,
+        state: State | None = None,
+    ) -> State:
+        """A state holding empty key/value caches for every attention layer inside, for decoding.
+
+        Decoding is then ``y, state = model.apply(params, tokens, state=state, position=p)``:
+        the tokens at positions ``p, p + 1, ...`` are written into the caches and attend to
+        everything before them. ``p + tokens.shape[1]`` must not exceed ``max_length``; with
+        a concrete ``p`` that is checked (`ShapeError`), under `jax.jit` with a traced ``p``
+        it cannot be, and XLA clamps the write so that it ends at ``max_length``, overwriting
+        the last entries.
 
         Args:
           batch: sequences decoded together.
           max_length: positions the cache holds (prompt plus generated tokens).
-          features: the input width of attention layers that have no ``qkv_features``.
+          params: the model's parameters; the caches' widths are read from them.
+          features: without ``params``, the input width of attention layers that have no
+            ``qkv_features``.
           dtype: the cache's dtype; default each layer's ``dtype`` or ``param_dtype`` (the
             compute dtype inside `mixed_precision`).
+          state: a model state to add the caches to (batch-norm statistics from
+            `init_with_state`, say); caches already in it are replaced by empty ones.
 
         Returns:
-          A tree keyed like the parameters, ``{"k", "v"}`` zeros at each attention layer;
-          ``{}`` for a model without attention.
+          A state tree keyed like the parameters, ``{"k", "v"}`` zeros at each attention
+          layer (``{}`` for a model without attention), merged into ``state`` if given.
 
         Example:
           >>> import jax, jax.numpy as jnp
           >>> from funcgrad import nn
           >>> model = nn.serial(nn.Dense(8), nn.MultiHeadAttention(2, causal=True))
-          >>> cache = model.init_cache(1, 16, features=8)
-          >>> jax.tree.map(jnp.shape, cache)
-          {'attention_1': {'k': (1, 16, 2, 4), 'v': (1, 16, 2, 4)}}
           >>> x = jnp.ones((1, 1, 3))
           >>> params = model.init(jax.random.key(0), x)
-          >>> y, cache = model.apply(params, x, cache=cache, position=0)
+          >>> state = model.init_cache(1, 16, params=params)
+          >>> jax.tree.map(jnp.shape, state)
+          {'attention_1': {'k': (1, 16, 2, 4), 'v': (1, 16, 2, 4)}}
+          >>> y, state = model.apply(params, x, state=state, position=0)
           >>> y.shape
           (1, 1, 8)
         """
         where = f"{type(self).__name__}.init_cache"
         for name, n in (("batch", batch), ("max_length", max_length)):
-            if not isinstance(n, int) or n < 1:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise InputTypeError(f"{where}: {name} must be a positive int; got {n!r}")
-        return self._init_cache(batch, max_length, features, dtype, ())
+        return self._init_slots(
+            SlotRequest("cache", batch, max_length, features, dtype, {}), params, state, where
+        )
+
+    def init_carry(self, batch: int, *, dtype: Any = None, state: State | None = None) -> State:
+        """A state holding the zero carry of every recurrent layer inside.
+
+        ``y, state = model.apply(params, x, state=state)`` starts each recurrent layer from
+        the carry in its slot and returns its final carry there (``state[...]["carry"]``),
+        so a long sequence can be fed in pieces. Without a carry in the state, a recurrent
+        layer starts from zeros and the state gets no carry.
+
+        Args:
+          batch: sequences run together.
+          dtype: the carry's dtype; default each cell's ``dtype`` or ``param_dtype``.
+          state: a model state to add the carries to; carries already in it are replaced.
+
+        Returns:
+          A state tree keyed like the parameters, ``{"carry": c}`` at each recurrent layer
+          (``c`` is the cell's carry, a pair of carries for `bidirectional`).
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> from funcgrad import nn
+          >>> lstm = nn.recurrent(nn.LSTMCell(4))
+          >>> x = jnp.ones((2, 5, 3))
+          >>> params = lstm.init(jax.random.key(0), x)
+          >>> y, state = lstm.apply(params, x, state=lstm.init_carry(2))
+          >>> h, c = state["carry"]
+          >>> y.shape, h.shape
+          ((2, 5, 4), (2, 4))
+        """
+        where = f"{type(self).__name__}.init_carry"
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InputTypeError(f"{where}: batch must be a positive int; got {batch!r}")
+        return self._init_slots(
+            SlotRequest("carry", batch, None, None, dtype, {}), None, state, where
+        )
+
+    def _init_slots(
+        self, request: SlotRequest, params: Params | None, state: State | None, where: str
+    ) -> State:
+        if params is not None:
+            names = shared_names(self)
+            if not isinstance(params, Mapping):
+                raise ParamsError(f"{where}: params must be the dict init returned")
+            shared = {n: params[n] for n in names if n in params}
+            params = {k: v for k, v in params.items() if k not in names}
+            request = dataclasses.replace(request, shared=shared)
+        slots = self._init_slot(request, params, ())
+        return slots if state is None else _merge(state, slots, where)
 
     def __call__(self, x: Any) -> Any:
         """Apply a parameterless, stateless layer as a plain function: ``nn.relu(x)``."""
@@ -226,11 +340,18 @@ class Layer:
         """Return ``(y, new_state)``."""
         raise NotImplementedError
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        """This layer's part of `init_cache`; layers without attention have none."""
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        """This layer's part of `init_cache` or `init_carry` (``params``: its own, or None);
+        combinators place their children's, and layers without such a slot have none."""
         return {}
+
+    def _legacy_keywords(
+        self, x: Any, state: State | None, keywords: dict[str, Any], where: str
+    ) -> tuple[Any, State | None, Callable[[Any], Any]]:
+        """Deprecated keywords of ``apply`` as ``(input, state, how to finish the output)``."""
+        if keywords:
+            raise InputTypeError(f"{where}: unexpected keyword argument(s) {sorted(keywords)}")
+        return x, state, _same
 
     def _output_spec(self, params: Params, state: State, x: Spec, path: Path) -> Any:
         ctx = Context(key=None, train=False, shared={})
@@ -283,19 +404,25 @@ class Wrapper(Layer):
     ) -> tuple[Params, State, Any]:
         return self.layer._init(key, x, path, shared)
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        return self.layer._init_cache(batch, max_length, features, dtype, path)
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        return self.layer._init_slot(request, params, path)
 
 
-def _merge(state: Any, cache: Any, where: str) -> Any:
-    """One tree with the state's and the cache's entries (they sit at different layers)."""
-    if not (isinstance(state, Mapping) and isinstance(cache, Mapping)):
-        raise ParamsError(f"{where}: the cache and the state overlap; pass a cache from init_cache")
+def _same(y: Any) -> Any:
+    return y
+
+
+def _merge(state: Any, slots: Any, where: str) -> Any:
+    """One tree with the state's and the slots' entries; a slot already in the state is replaced."""
+    if not isinstance(state, Mapping):
+        raise ParamsError(
+            f"{where}: the state must be a dict tree (from init_with_state, init_cache or "
+            f"init_carry); got {type(state).__name__}"
+        )
     out = dict(state)
-    for k, c in cache.items():
-        out[k] = _merge(state[k], c, where) if k in state else c
+    for k, c in slots.items():
+        both = k in state and isinstance(state[k], Mapping) and isinstance(c, Mapping)
+        out[k] = _merge(state[k], c, where) if both else c
     return out
 
 
@@ -444,7 +571,7 @@ def check_params(
     params: Any, specs: dict[str, ParamSpec], path: Path, layer: str, x_shape: tuple[int, ...]
 ) -> None:
     """Check that ``params`` holds exactly the keys of ``specs``, with their shapes."""
-    where = f"{layer} at {path_str(path)}"
+    where = f"{layer} at {describe(path)}"
     if not isinstance(params, Mapping):
         raise ParamsError(f"{where}: expected a dict of parameters; got {type(params).__name__}")
     expected = {n: s.shape for n, s in specs.items()}
@@ -473,7 +600,7 @@ def require_rank(x: Spec, ranks: tuple[int, ...], path: Path, layer: str, layout
     if x.ndim not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ShapeError(
-            f"{layer} at {path_str(path)}: expected input of rank {want} {layout}; "
+            f"{layer} at {describe(path)}: expected input of rank {want} {layout}; "
             f"got shape {tuple(x.shape)}"
         )
 
@@ -481,7 +608,7 @@ def require_rank(x: Spec, ranks: tuple[int, ...], path: Path, layer: str, layout
 def require_float(x: Spec, path: Path, layer: str) -> None:
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise DTypeError(
-            f"{layer} at {path_str(path)}: expected a floating-point input; got dtype {x.dtype}"
+            f"{layer} at {describe(path)}: expected a floating-point input; got dtype {x.dtype}"
         )
 
 

@@ -25,10 +25,10 @@ def test_missing_and_extra_keys_are_named():
     params = model.init(KEY, jnp.zeros((1, 3)))
     with pytest.raises(errors.ParamsError, match=r"unexpected parameter key\(s\) \['dense_9'\]"):
         model.apply({**params, "dense_9": {}}, jnp.zeros((1, 3)))
-    with pytest.raises(errors.ParamsError, match=r"params\['dense_1'\].*missing \['b', 'w'\]"):
+    with pytest.raises(errors.ParamsError, match=r"Dense at dense_1: .*missing \['b', 'w'\]"):
         model.apply({"dense_0": params["dense_0"]}, jnp.zeros((1, 3)))
     broken = {**params, "dense_0": {"w": params["dense_0"]["w"]}}
-    with pytest.raises(errors.ParamsError, match=r"params\['dense_0'\].*missing \['b'\]"):
+    with pytest.raises(errors.ParamsError, match=r"Dense at dense_0: .*missing \['b'\]"):
         model.apply(broken, jnp.zeros((1, 3)))
 
 

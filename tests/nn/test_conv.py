@@ -48,9 +48,7 @@ def test_conv_transpose_is_the_adjoint_of_a_strided_conv():
 
 def test_conv_wrong_rank_names_the_layer():
     model = nn.serial(nn.Dense(3), nn.Conv(4, (3, 3)))
-    with pytest.raises(
-        errors.ShapeError, match=r"Conv at params\['conv_1'\].*rank 4.*\(28, 28, 3\)"
-    ):
+    with pytest.raises(errors.ShapeError, match=r"Conv at conv_1: .*rank 4.*\(28, 28, 3\)"):
         model.init(jax.random.key(0), jnp.zeros((28, 28, 1)))
 
 
