@@ -75,10 +75,7 @@ def main() -> None:
     # Sampling: the prompt fills the cache once, then each new character is one cached step.
     prompt = jnp.asarray([[chars.index(c) for c in "def parse_"]] * 3)
     start = time.perf_counter()
-    out = nn.generate(
-        model, params, prompt, 200, key=jax.random.key(2), temperature=0.8, top_k=10,
-        features=args.width,
-    )  # fmt: skip
+    out = nn.generate(model, params, prompt, 200, key=jax.random.key(2), temperature=0.8, top_k=10)
     print(f"samples (3 x 200 characters in {time.perf_counter() - start:.1f} s):")
     for i, row in enumerate(out):
         print(f"--- sample {i} ---\n" + "".join(chars[int(t)] for t in row))

@@ -190,12 +190,13 @@ class MultiHeadAttention(ParamLayer):
     ``bq`` ``(heads, head_dim)``, ``bk``, ``bv`` ``(kv_heads, head_dim)``, ``bo``
     ``(out_features,)``.
 
-    Decoding: `init_cache` makes a key/value cache (zeros, ``{"k", "v"}`` each
-    ``(batch, max_length, kv_heads, head_dim)``), and ``apply(params, x, cache=cache,
-    position=t)`` attends causally from the tokens ``x`` (at positions ``t, t+1, ...``) to
-    the cached ones before them and to themselves, returning ``(y, new_cache)``. Any
-    combinator passes caches through, so the same calls work on a whole model.
-    ``position + x.shape[1]`` must not exceed ``max_length`` (not checked under jit).
+    Decoding: ``state = init_cache(batch, max_length, params=params)`` makes a key/value
+    cache (zeros, ``{"k", "v"}`` each ``(batch, max_length, kv_heads, head_dim)``), and
+    ``y, state = apply(params, x, state=state, position=t)`` attends causally from the
+    tokens ``x`` (at positions ``t, t+1, ...``) to the cached ones before them and to
+    themselves. The cache is the layer's state, so every combinator passes it through and
+    the same calls work on a whole model. ``t + x.shape[1] > max_length`` is a `ShapeError`
+    for a concrete ``t``; under jit a traced ``t`` cannot be checked (see `Layer.init_cache`).
 
     Args:
       num_heads: number of query heads; ``qkv_features`` must divide by it.
