@@ -6,6 +6,7 @@ Children's parameters live under readable keys (``dense_0``, ``conv_1`` or a giv
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -140,9 +141,8 @@ def serial(
 ) -> Serial:
     """Compose layers in order; parameters are keyed ``{kind}_{position}`` or by each layer's name.
 
-    ``remat=True`` (or a `jax.checkpoint_policies` entry) makes each layer a rematerialised
-    segment: only segment boundaries are stored for the backward pass. Group layers into
-    inner ``serial`` layers for coarser segments. Keys and parameters are unchanged.
+    ``remat=`` is deprecated: wrap the layers that should be rematerialised segments in
+    `remat` (``serial(*(nn.remat(l) for l in layers))`` is what ``remat=True`` did).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -155,6 +155,7 @@ def serial(
     _keys(layers, "serial")
     _check_remat(remat, "serial")
     if remat is not False:
+        _warn_remat("serial", "serial(*(nn.remat(layer) for layer in layers))")
         policy = None if remat is True else remat
         layers = tuple(
             layer if isinstance(layer, Remat) else Remat(layer, policy) for layer in layers
@@ -338,7 +339,6 @@ class Repeat(Layer):
 
     layer: Layer
     n: int
-    remat: bool | Callable[..., Any] = False
     name: str | None = None
     unroll: int | bool = 1
     kind = "repeat"
@@ -385,14 +385,9 @@ class Repeat(Layer):
             y, s = apply_child(self.layer, p, s, carry, dataclasses.replace(ctx, key=key), path)
             return y, s
 
-        step: Callable[..., Any] = body
-        if self.remat is True:
-            step = jax.checkpoint(body)
-        elif callable(self.remat):
-            step = jax.checkpoint(body, policy=self.remat)
         with loop_body():
             y, new_state = jax.lax.scan(
-                step, x, (jnp.arange(self.n), params, state), unroll=self.unroll
+                body, x, (jnp.arange(self.n), params, state), unroll=self.unroll
             )
         return y, new_state
 
@@ -407,11 +402,11 @@ def repeat(
 ) -> Repeat:
     """``n`` copies of ``layer`` in sequence, parameters stacked on a new leading axis.
 
-    Applied with `jax.lax.scan`, so compile time does not grow with ``n``; with
-    ``remat=True`` each copy's activations are recomputed in the backward pass (only the
-    carry between copies is stored), and ``remat=`` a `jax.checkpoint_policies` entry
-    (say ``dots_with_no_batch_dims_saveable``) saves what the policy names.
-    The layer's output must have its input's shape and dtype.
+    Applied with `jax.lax.scan`, so compile time does not grow with ``n``. To recompute
+    each copy's activations in the backward pass (only the carry between copies is
+    stored), repeat a rematerialised layer: ``repeat(nn.remat(layer), n)``, with
+    ``nn.remat(layer, policy)`` for a `jax.checkpoint_policies` entry; ``remat=`` here is
+    the deprecated spelling of that. The layer's output must have its input's shape and dtype.
 
     ``unroll`` is passed to `jax.lax.scan`: ``unroll=k`` puts k copies in each loop
     iteration (``True``: all n, a straight-line program like `serial`), trading compile
@@ -436,7 +431,19 @@ def repeat(
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ConfigError(f"repeat: unroll must be a positive int or a bool; got {unroll!r}")
     _check_remat(remat, "repeat")
-    return Repeat(layer, n, remat, name, unroll)
+    if remat is not False:
+        _warn_remat("repeat", "repeat(nn.remat(layer), n)")
+        layer = Remat(layer, None if remat is True else remat)
+    return Repeat(layer, n, name, unroll)
+
+
+def _warn_remat(where: str, instead: str) -> None:
+    warnings.warn(
+        f"{where}(..., remat=) is deprecated: rematerialisation is asked for one way, "
+        f"nn.remat(layer, policy=None); write {instead}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _check_remat(remat: Any, where: str) -> None:
@@ -464,7 +471,10 @@ def remat(layer: Layer, policy: Callable[..., Any] | None = None) -> Remat:
     """Recompute ``layer``'s activations in the backward pass instead of storing them.
 
     Same parameters, same results, less memory; ``policy`` is a
-    `jax.checkpoint_policies` entry. Parameters are those of ``layer`` itself.
+    `jax.checkpoint_policies` entry. Parameters are those of ``layer`` itself. This is the
+    one way to ask for rematerialisation: ``repeat(nn.remat(block), n)`` recomputes each
+    copy (only the carry between copies is stored), ``serial(nn.remat(a), nn.remat(b))``
+    makes each a segment.
 
     Example:
       >>> import jax, jax.numpy as jnp

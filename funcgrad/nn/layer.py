@@ -9,6 +9,7 @@ import contextvars
 import dataclasses
 import warnings
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -467,7 +468,10 @@ def _init_tree(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict
 # bits (level 0 does not), drawing within 15% of the default's speed.
 _init_jit = jax.jit(_init_tree, static_argnums=(0, 1))
 _INIT_OPTIONS = {"xla_backend_optimization_level": 1}
-_INIT_CACHE: dict[Any, Any] = {}
+# Compiled initialisers, most recently used last. Bounded: a process that builds layers in a
+# loop (a hyperparameter sweep) would otherwise keep every executable it ever compiled.
+INIT_CACHE_SIZE = 32
+_INIT_CACHE: OrderedDict[Any, Any] = OrderedDict()
 
 
 def _compiled_init(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, dict[str, Any]]:
@@ -481,6 +485,10 @@ def _compiled_init(layer: Layer, spec: Any, key: Array) -> tuple[Params, State, 
         if compiled is None:
             compiled = _init_jit.trace(layer, spec, key).lower().compile(_INIT_OPTIONS)
             _INIT_CACHE[cache_key] = compiled
+            while len(_INIT_CACHE) > INIT_CACHE_SIZE:
+                _INIT_CACHE.popitem(last=False)
+        else:
+            _INIT_CACHE.move_to_end(cache_key)
     except TypeError:  # unhashable: a layer holding a list, say
         traced = jax.jit(lambda k: _init_tree(layer, spec, k)).trace(key)
         compiled = traced.lower().compile(_INIT_OPTIONS)
