@@ -183,7 +183,7 @@ def test_mixed_precision_wraps_every_layer(name):
 
 
 def test_the_compiled_init_cache_is_bounded(monkeypatch):
-    from funcgrad.nn import layer as layer_module
+    from funcgrad.nn import compiled_init as layer_module
 
     monkeypatch.setattr(layer_module, "INIT_CACHE_SIZE", 2)
     x = jnp.zeros((1, 3))
