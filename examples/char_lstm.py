@@ -93,7 +93,7 @@ def continue_text(params, prompt, key, temperature):
         logits, state = model.apply(params, char[:, None], state=state)
         return (state, logits), char[0]
 
-    _, out = jax.lax.scan(step, (state, logits), jax.random.split(key, 200))
+    _, out = jax.lax.scan(step, (state, logits[:, -1:]), jax.random.split(key, 200))
     return out
 
 
