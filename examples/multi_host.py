@@ -83,7 +83,7 @@ def main() -> None:
     print(f"process {me}: final loss {result.history['loss'][-1]:.4f}, "
           f"training accuracy {float(score):.4f}", flush=True)  # fmt: skip
     if args.sharded_dir:  # every process reads back the shards it holds
-        restored = train.load_sharded_params(args.sharded_dir, result.params, mesh=plan)
+        restored = train.load_params(args.sharded_dir, result.params, mesh=plan)
         same = jax.jit(lambda a, b: jax.tree.reduce(jnp.logical_and, jax.tree.map(
             lambda x, y: (x == y).all(), a, b)))(restored, result.params)  # fmt: skip
         print(f"process {me}: sharded checkpoint restored, equal: {bool(same)}", flush=True)

@@ -12,4 +12,5 @@ if sys.argv[1:2] == ["export"]:
 
 from funcgrad.inspect.cli import main
 
-raise SystemExit(main())
+EXPORT_HELP = "save the model MODULE:NAME as StableHLO + safetensors, runnable without funcgrad"
+raise SystemExit(main(elsewhere={"export": EXPORT_HELP}))

@@ -43,12 +43,23 @@ class MissingToolError(FuncgradError, RuntimeError):
     """An optional outside program or package (Graphviz's ``dot``, say) is not installed."""
 
 
+class ToolFailedError(FuncgradError, RuntimeError):
+    """An outside program funcgrad ran (Graphviz's ``dot``, say) failed; its own message follows."""
+
+
 class DonatedError(FuncgradError, ValueError):
     """An array was used again after a step donated it (its buffer now holds the step's result)."""
 
 
 class IdRangeError(FuncgradError, IndexError):
     """An integer id lies outside the range a layer accepts (an `Embedding` id ≥ its vocabulary)."""
+
+
+class CheckFailedError(FuncgradError, AssertionError):
+    """A check of `funcgrad.testing` failed: a derivative, dtype, ``jit`` or ``vmap`` disagrees.
+
+    An AssertionError, so that test runners report it as a failed test, not a crash.
+    """
 
 
 class CheckpointError(FuncgradError, OSError):
@@ -67,3 +78,11 @@ class UnknownNameError(FuncgradError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint's files are corrupted or truncated: its checksum or its store says so.
+
+    `restore`, `load_params` and a resuming `fit` fall back to the newest intact checkpoint
+    (with a warning) rather than raise this, unless that exact step was asked for.
+    """

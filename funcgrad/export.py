@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ShapeError
-from funcgrad.interop import flatten_dotted, load_safetensors, save_safetensors, unflatten_dotted
+from funcgrad.errors import ConfigError, DTypeError, InputTypeError, MissingFileError, ShapeError
+from funcgrad.interop import load_safetensors, save_safetensors
 from funcgrad.io import write_atomic
 from funcgrad.nn.layer import Layer, as_spec
+from funcgrad.paths import flatten, unflatten
 
 __all__ = ["ExportedModel", "load", "main", "save"]
 
@@ -93,13 +94,13 @@ def save(
         (batch,) = jax.export.symbolic_shape(BATCH)
         spec = jax.ShapeDtypeStruct((batch, *spec.shape[1:]), spec.dtype)
     state = {} if model_state is None else model_state
-    flat_params = flatten_dotted(params, "export.save(params)")
-    flat_state = flatten_dotted(state, "export.save(model_state)")
+    flat_params = flatten(params, "export.save(params)")
+    flat_state = flatten(state, "export.save(model_state)")
 
     def forward(p: dict[str, Any], s: dict[str, Any], x: Any) -> Any:
         if model_state is None:
-            return model.apply(unflatten_dotted(p), x)
-        return model.apply(unflatten_dotted(p), x, state=unflatten_dotted(s), train=False)[0]
+            return model.apply(unflatten(p), x)
+        return model.apply(unflatten(p), x, state=unflatten(s), train=False)[0]
 
     exported = jax.export.export(jax.jit(forward), platforms=platforms)(
         _specs(flat_params), _specs(flat_state), spec
@@ -198,14 +199,14 @@ def load(path: str | os.PathLike[str]) -> ExportedModel:
     """
     folder = Path(path)
     if not (folder / INFO).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"export.load: {folder} is not an exported model (no {INFO}; export.save writes it last)"
         )
     info = json.loads((folder / INFO).read_text())
     files = info["files"]
     exported = jax.export.deserialize(bytearray((folder / files["function"]).read_bytes()))
-    params = flatten_dotted(load_safetensors(folder / files["params"]))
-    state = flatten_dotted(load_safetensors(folder / files["state"]))
+    params = flatten(load_safetensors(folder / files["params"]))
+    state = flatten(load_safetensors(folder / files["state"]))
     return ExportedModel(exported, params, state, info, folder)
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from funcgrad.errors import CheckFailedError, ConfigError
 from funcgrad.primitives.registry import Primitive
 
 
@@ -90,11 +91,11 @@ def _check_one(
         elif mode == "rev":
             analytic = jnp.vdot(jax.vjp(g, flat)[1](u)[0], v)
         else:
-            raise ValueError(f"check_grads: modes must be 'fwd' or 'rev'; got {mode!r}")
+            raise ConfigError(f"check_grads: modes must be 'fwd' or 'rev'; got {mode!r}")
         scale = max(1.0, float(jnp.abs(numeric)), float(jnp.abs(analytic)))
         if not abs(float(analytic) - float(numeric)) <= rtol * scale:
             i, j, want, got = _worst(g, flat, mode, eps)
-            raise AssertionError(
+            raise CheckFailedError(
                 f"check_grads: the order-{level} derivative in {mode} mode{via} with respect "
                 f"to {label} disagrees with central finite differences. Worst element: "
                 f"d {out_name(i)} / d {arg_name(j)}: expected {want:.10g}, got {got:.10g}. "
@@ -133,17 +134,18 @@ def check_grads(
     on for the check).
 
     Raises:
-      AssertionError: naming the order of the derivative that is wrong (a wrong first
-        derivative is order 1, even with ``order=2``), the mode (``fwd``/``rev``), the
-        argument, and the worst element of the Jacobian (output and argument index,
+      CheckFailedError: an AssertionError naming the order of the derivative that is wrong (a
+        wrong first derivative is order 1, even with ``order=2``), the mode (``fwd``/``rev``),
+        the argument, and the worst element of the Jacobian (output and argument index,
         expected finite-difference value, value got).
+      ConfigError: ``order`` other than 1 or 2, or a mode other than ``fwd`` and ``rev``.
 
     Example:
       >>> import jax.numpy as jnp, funcgrad as fg
       >>> fg.testing.check_grads(lambda x, y: jnp.sin(x) * y, (1.0, 2.0), order=2)
     """
     if order not in (1, 2):
-        raise ValueError(f"check_grads: order must be 1 or 2; got {order}")
+        raise ConfigError(f"check_grads: order must be 1 or 2; got {order}")
     with jax.enable_x64(True):
         args64 = [_to64(a) for a in args]
         rng = np.random.default_rng(seed)
@@ -181,7 +183,7 @@ def check_primitive(
     floats = [jnp.result_type(a) for a in example_args if _is_float(a)]
     for out in jax.tree.leaves(eager):
         if floats and jnp.result_type(out) != floats[0]:
-            raise AssertionError(
+            raise CheckFailedError(
                 f"check_primitive: output dtype {jnp.result_type(out)} differs from input dtype {floats[0]}"
             )
     batch = [

@@ -86,18 +86,75 @@ def test_char_lstm_learns_and_continues_a_prompt():
     assert greedy.startswith("def ") and len(greedy) == len("def ") + 200  # may hold newlines
 
 
-def test_char_transformer_learns_and_samples_with_the_cache():
+TINY = ["--steps", "40", "--width", "32", "--layers", "1", "--heads", "2", "--context", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer(tmp_path_factory):
+    """char_transformer.py trained small once, saved in a temporary folder: (path, stdout)."""
+    path = tmp_path_factory.mktemp("char_transformer") / "tiny.safetensors"
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "char_transformer.py"), "--steps", "40", "--width", "32",
-         "--layers", "1", "--heads", "2", "--context", "32"],
+        [sys.executable, str(EXAMPLES / "char_transformer.py"), *TINY, "--save", str(path)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    before = float(re.search(r"loss before training: ([\d.]+)", proc.stdout).group(1))
-    after = float(re.search(r"loss after 40 steps: ([\d.]+)", proc.stdout).group(1))
+    return path, proc.stdout
+
+
+def samples_of(stdout):
+    """The sampled texts (which may hold newlines), in order."""
+    parts = re.split(r"--- sample \d ---\n", stdout)[1:]
+    return [p.removesuffix("\n") for p in parts]
+
+
+def test_char_transformer_learns_and_samples_with_the_cache(tiny_transformer):
+    _, out = tiny_transformer
+    before = float(re.search(r"loss before training: ([\d.]+)", out).group(1))
+    after = float(re.search(r"loss after 40 steps: ([\d.]+)", out).group(1))
     assert after < before - 1.0  # from about ln(88) = 4.5 down: it learned character frequencies
-    samples = re.findall(r"--- sample \d ---\n(.{10})", proc.stdout)
-    assert samples == ["def parse_"] * 3
+    samples = samples_of(out)
+    assert [s[:10] for s in samples] == ["def parse_"] * 3
+    assert all(len(s) == 10 + 200 for s in samples)  # 200 characters by default, 32 in view
+
+
+def test_char_transformer_loads_what_it_saved_and_skips_training(tiny_transformer):
+    path, _ = tiny_transformer
+    assert path.with_suffix(".json").is_file()
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "char_transformer.py"), "--load", str(path),
+         "--length", "50", "--prompt", "class "],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"loaded {path}: width 32, 1 layers, context 32, trained 40 steps" in proc.stdout
+    assert "loss before training" not in proc.stdout
+    samples = samples_of(proc.stdout)
+    assert len(samples) == 3 and all(s.startswith("class ") and len(s) == 56 for s in samples)
+
+
+def test_char_transformer_never_samples_beyond_its_context(monkeypatch):
+    import char_transformer
+    import jax
+    import jax.numpy as jnp
+
+    from funcgrad import nn
+
+    in_view = []
+    generate = nn.generate
+
+    def spy(model, params, prompt, n, **kwargs):
+        in_view.append(prompt.shape[1] + n)
+        return generate(model, params, prompt, n, **kwargs)
+
+    monkeypatch.setattr(nn, "generate", spy)
+    model = char_transformer.transformer(11, 16, 1, 2)
+    prompt = jnp.array([[1, 2, 3, 4, 5]], jnp.int32)
+    params = model.init(jax.random.key(0), prompt)
+    out = char_transformer.sample(
+        model, params, prompt, 40, context=16, key=jax.random.key(1), features=16
+    )
+    assert out.shape == (1, 45) and out[0, :5].tolist() == [1, 2, 3, 4, 5]
+    assert max(in_view) == 16 and len(in_view) > 1  # the window slid
 
 
 def test_custom_layers_guide_shows_only_code_the_example_runs():

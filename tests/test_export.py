@@ -12,7 +12,7 @@ import pytest
 
 import funcgrad as fg
 from funcgrad import nn
-from funcgrad.errors import DTypeError, ShapeError
+from funcgrad.errors import DTypeError, MissingFileError, ShapeError
 
 
 def data(*shape, seed=0):
@@ -195,3 +195,8 @@ def test_command_line_errors_name_the_problem(tmp_path, capsys):
     assert fg.export.main(argv) == 2
     err = capsys.readouterr().err
     assert "missing from the file: ['b']" in err and "w: expected (4, 3), file has (5, 3)" in err
+
+
+def test_loading_a_folder_without_an_export_is_a_missing_file_error(tmp_path):
+    with pytest.raises(MissingFileError, match=r"export\.load: .* is not an exported model \(no export\.json"):  # fmt: skip
+        fg.export.load(tmp_path)

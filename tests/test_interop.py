@@ -1,16 +1,19 @@
 """fg.interop: safetensors files of parameter trees, and PyTorch state_dicts checked against PyTorch itself."""
 
+import tracemalloc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors
 import safetensors.numpy
 import safetensors.torch
 import torch
 
 import funcgrad as fg
 from funcgrad import nn
-from funcgrad.errors import ParamsError, ShapeError
+from funcgrad.errors import ConfigError, MissingFileError, ParamsError, ShapeError
 
 torch.set_num_threads(1)  # the CI machine is small and shared
 
@@ -78,7 +81,7 @@ def test_like_lists_every_missing_extra_misshaped_and_mistyped_path(tmp_path):
     message = str(err.value)
     for text in ("missing from the file: ['new.k']", "not in `like`: ['ids']",
                  "serial_0.dense_0.w: expected (3, 2), file has (2, 3)",
-                 "half: expected float32, file has float16"):  # fmt: skip
+                 "half: expected float32 (F32), file has F16"):  # fmt: skip
         assert text in message
 
 
@@ -111,6 +114,83 @@ def test_bad_trees_are_refused_before_writing(tmp_path):
     with pytest.raises(ParamsError, match=r"'x' holds a list"):
         fg.interop.save_safetensors(path, {"x": [jnp.zeros(1)]})
     assert path.read_bytes() == before
+
+
+def test_float8_round_trips_and_reads_from_pytorch(tmp_path):
+    values = [0.0, 1.0, -2.0, 448.0]
+    params = {"e4m3": jnp.array(values, jnp.float8_e4m3fn), "e5m2": jnp.array(values, jnp.float8_e5m2)}  # fmt: skip
+    path = fg.interop.save_safetensors(tmp_path / "f8.safetensors", params)
+    loaded = fg.interop.load_safetensors(path, like=params)
+    assert all(jax.tree.leaves(same(params, loaded)))
+    in_torch = safetensors.torch.load_file(path)
+    assert in_torch["e4m3"].dtype == torch.float8_e4m3fn
+    assert in_torch["e5m2"].float().tolist() == values
+    safetensors.torch.save_file({"w": torch.tensor(values).to(torch.float8_e4m3fn)}, tmp_path / "t.safetensors")  # fmt: skip
+    assert fg.interop.load_safetensors(tmp_path / "t.safetensors")["w"].astype(jnp.float32).tolist() == values  # fmt: skip
+
+
+def test_bfloat16_reads_where_the_packages_numpy_reader_cannot(tmp_path, monkeypatch):
+    # safetensors' NumPy reader learnt bfloat16 late; where it refuses, a mapped view stands in.
+    real = safetensors.safe_open
+
+    class WithoutBfloat16:
+        def __init__(self, *args, **kwargs):
+            self.file = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def get_tensor(self, key):
+            if self.file.get_slice(key).get_dtype() == "BF16":
+                raise TypeError("data type 'bfloat16' not understood")
+            return self.file.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
+    monkeypatch.setattr(safetensors, "safe_open", WithoutBfloat16)
+    assert all(jax.tree.leaves(same(tree(), fg.interop.load_safetensors(path))))
+
+
+def test_a_large_file_is_memory_mapped_not_read_into_python_memory(tmp_path):
+    # 8 tensors of 4 MB: the old reader held the whole file as bytes (and a copy per tensor);
+    # the safetensors package maps it, so Python-side allocations stay below its size (JAX
+    # may still hold a few tensors' host copies while it transfers them).
+    arrays = {f"layer_{i}.w": np.full((1024, 1024), i, np.float32) for i in range(8)}
+    path = tmp_path / "big.safetensors"
+    safetensors.numpy.save_file(arrays, path)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        loaded = fg.interop.load_safetensors(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size, (peak, size)  # the old reader: about 3 * size
+    assert [float(loaded[f"layer_{i}"]["w"][3, 5]) for i in range(8)] == list(range(8))
+
+
+def test_a_missing_file_is_a_missing_file_error(tmp_path):
+    with pytest.raises(MissingFileError, match=r"load_safetensors: no file at .*nope\.safetensors"):
+        fg.interop.load_safetensors(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError):  # the builtin it stands for
+        fg.interop.load_safetensors(tmp_path / "nope.safetensors")
+
+
+def test_the_old_dotted_key_spellings_are_deprecated_aliases_of_funcgrad_paths():
+    from funcgrad import paths
+
+    nested = {"a": {"b": jnp.zeros(1)}}
+    with pytest.deprecated_call(match="funcgrad.paths.flatten"):
+        flat = fg.interop.flatten_dotted(nested)
+    assert list(flat) == list(paths.flatten(nested)) == ["a.b"]
+    with pytest.deprecated_call(match="funcgrad.paths.unflatten"):
+        assert jax.tree.structure(fg.interop.unflatten_dotted(flat)) == jax.tree.structure(nested)
 
 
 # -- PyTorch state_dicts ----------------------------------------------------------------------
@@ -500,3 +580,93 @@ def test_recurrent_mismatches_name_both_sides():
     del missing["rnn.bias_hh_l1_reverse"]
     with pytest.raises(ParamsError, match=r"the state_dict lacks 'rnn\.bias_hh_l1_reverse'"):
         fg.interop.from_torch(tagger(), (x, lengths), missing)
+
+
+# -- the torch module itself: the hyper-parameters its weights do not show -------------------
+
+
+def biased_encoder_layer(heads=4, **kwargs):
+    torch.manual_seed(5)
+    options = dict(dropout=0.0, activation="gelu", batch_first=True) | kwargs
+    net = torch.nn.TransformerEncoderLayer(16, heads, 32, **options).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_the_torch_module_itself_converts_like_its_state_dict(norm_first):
+    net = biased_encoder_layer(norm_first=norm_first)
+    x = data(2, 7, 16)
+    params, _ = fg.interop.from_torch(encoder(norm_first), x, net)
+    close(encoder(norm_first).apply(params, x), net(torch.from_numpy(x)))
+
+
+def test_another_head_count_is_refused_naming_both():
+    net = biased_encoder_layer(heads=8)
+    x = data(2, 7, 16)
+    # The weights alone fit a 4-head block shape for shape, and give other outputs:
+    params, _ = fg.interop.from_torch(encoder(False), x, net.state_dict())
+    ref = net(torch.from_numpy(x)).detach().numpy()
+    assert np.max(np.abs(np.asarray(encoder(False).apply(params, x)) - ref)) > 1e-3
+    with pytest.raises(ConfigError, match=r"PyTorch 'self_attn' → funcgrad MultiHeadAttention at residual_0\.attention_0.*PyTorch has num_heads=8 \(head_dim 2\), funcgrad has num_heads=4 \(head_dim 4\)"):  # fmt: skip
+        fg.interop.from_torch(encoder(False), x, net)
+    attention = torch.nn.MultiheadAttention(16, 8, batch_first=True)
+    with pytest.raises(ConfigError, match="num_heads=8.*nn.MultiHeadAttention\\(8"):
+        fg.interop.from_torch(nn.MultiHeadAttention(4), x, attention)
+
+
+def test_norm_placement_and_activation_of_a_transformer_layer_are_checked():
+    x = data(2, 7, 16)
+    with pytest.raises(ConfigError, match=r"'\(top\)' \(TransformerEncoderLayer\) has norm_first=True, but funcgrad's LayerNorm at layer_norm_1 \(its norm1\) runs after"):  # fmt: skip
+        fg.interop.from_torch(encoder(False), x, biased_encoder_layer(norm_first=True))
+    with pytest.raises(ConfigError, match=r"applies relu between linear1 and linear2; funcgrad applies \['gelu'\]"):  # fmt: skip
+        fg.interop.from_torch(encoder(False), x, biased_encoder_layer(activation="relu"))
+
+
+def test_norm_kind_epsilon_and_conv_settings_are_checked():
+    x = data(3, 8)
+    with pytest.raises(ConfigError, match=r"PyTorch has eps=0\.001, funcgrad has 1e-05"):
+        fg.interop.from_torch(nn.LayerNorm(), x, torch.nn.LayerNorm(8, eps=1e-3))
+    with pytest.raises(ConfigError, match=r"PyTorch has a RMSNorm, funcgrad a LayerNorm"):
+        fg.interop.from_torch(nn.LayerNorm(use_bias=False), x, torch.nn.RMSNorm(8))
+    images = data(2, 8, 8, 3)
+    with pytest.raises(ConfigError, match=r"PyTorch has stride=\(2, 2\), funcgrad has 1"):
+        fg.interop.from_torch(nn.Conv(4, (3, 3), padding=1), images, torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"padding.*PyTorch's is \[\(0, 0\), \(0, 0\)\], funcgrad's \[\(1, 1\), \(1, 1\)\]"):  # fmt: skip
+        fg.interop.from_torch(nn.Conv(4, (3, 3)), images, torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(ConfigError, match=r"momentum=0\.9"):
+        fg.interop.from_torch(nn.BatchNorm(momentum=0.99), images, torch.nn.BatchNorm2d(3))
+
+
+def test_the_cnn_module_itself_passes_its_checks():
+    torch.manual_seed(2)
+    net = TorchCNN().eval()
+    model = nn.serial(
+        nn.Conv(8, (3, 3), padding=1), nn.BatchNorm(), nn.relu, nn.max_pool((2, 2), strides=2),
+        nn.Conv(8, (3, 3), strides=2, padding=1, groups=2, use_bias=False), nn.BatchNorm(),
+        nn.relu, nn.Flatten(), nn.Dense(10),
+    )  # fmt: skip
+    x = data(4, 16, 16, 3)
+    params, state = fg.interop.from_torch(model, x, net)
+    y, _ = model.apply(params, x, state=state)
+    close(y, net(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+
+
+def test_a_channels_first_example_is_told_to_transpose():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1))
+    with pytest.raises(ShapeError, match=r"funcgrad is channels-last \(N, H, W, C\) where PyTorch is channels-first \(N, C, H, W\): this input of shape \(2, 3, 16, 16\) looks channels-first; pass x\.transpose\(0, 2, 3, 1\), of shape \(2, 16, 16, 3\)"):  # fmt: skip
+        fg.interop.from_torch(nn.Conv(8, (3, 3), padding=1), data(2, 3, 16, 16), net.state_dict())
+    with pytest.raises(
+        ShapeError
+    ) as err:  # a channels-last input of the wrong width gets no such hint
+        fg.interop.from_torch(nn.Conv(8, (3, 3), padding=1), data(2, 16, 16, 4), net.state_dict())
+    assert "channels-last" not in str(err.value)
+
+
+def test_a_mapping_to_another_kind_is_refused_before_reading_settings():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ParamsError, match="a Linear cannot fill a MultiHeadAttention"):
+        fg.interop.from_torch(nn.MultiHeadAttention(2), data(1, 3, 4), net, mapping={"0": ""})

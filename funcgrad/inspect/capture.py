@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from funcgrad.inspect._format import aval_str
-from funcgrad.inspect.graph_types import Cluster, Edge, Graph, Node, Phase
+from funcgrad.inspect.graph_parts import Cluster, Edge, Node, Phase
+from funcgrad.inspect.graph_types import Graph
 from funcgrad.inspect.linking import in_derivative, link_backward
 
 # Sub-computations that take and return their operands one to one; expanding one inlines it.

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from funcgrad.errors import ConfigError, InputTypeError, MissingFileError, UnknownNameError
 from funcgrad.inspect.cost import cost
 from funcgrad.inspect.graph import graph
 from funcgrad.inspect.summary import summary
@@ -31,11 +32,16 @@ _USAGE = """examples:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 on success, 2 on bad input)."""
+def main(argv: Sequence[str] | None = None, *, elsewhere: Mapping[str, str] | None = None) -> int:
+    """Run one command; returns the exit status (0 on success, 2 on bad input).
+
+    ``elsewhere`` names commands that ``python -m funcgrad`` runs itself (``export``), with
+    their one-line help: ``--help`` lists them beside this module's own.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m funcgrad",
-        description="See a computation: graph, parameter table or cost of a function.",
+        description="See a computation: graph, parameter table or cost of a function"
+        + (f"; also {', '.join(elsewhere)}." if elsewhere else "."),
         epilog=_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,12 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd.add_argument(
                 "--out", help="write .svg, .png, .pdf, .dot or .txt instead of printing text"
             )
+    for name, text in (elsewhere or {}).items():
+        sub.add_parser(name, help=text, add_help=False)
     opts = parser.parse_args(argv)
+    if opts.command in (elsewhere or {}):
+        print(f"run `python -m funcgrad {opts.command} --help`", file=sys.stderr)
+        return 2
     try:
         module, obj = load_target(opts.target)
         if opts.command == "summary":
             if not isinstance(obj, Layer):
-                raise TypeError(f"{opts.target} is a {type(obj).__name__}, not a funcgrad Layer")
+                raise InputTypeError(
+                    f"{opts.target} is a {type(obj).__name__}, not a funcgrad Layer"
+                )
             x = _value(opts.input, module)
             params = (
                 _value(opts.params, module)
@@ -108,13 +121,13 @@ def load_target(target: str) -> tuple[ModuleType, Any]:
     """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(
+        raise ConfigError(
             f"expected MODULE:NAME (like mypkg.model:loss or train.py:loss); got {target!r}"
         )
     if module_name.endswith(".py"):
         path = Path(module_name).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"no such file: {module_name}")
+            raise MissingFileError(f"no such file: {module_name}")
         sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         assert spec is not None and spec.loader is not None
@@ -128,18 +141,18 @@ def load_target(target: str) -> tuple[ModuleType, Any]:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise LookupError(f"module {module_name} has no attribute {attr!r}") from None
+        raise UnknownNameError(f"module {module_name} has no attribute {attr!r}") from None
     return module, obj
 
 
 def _arguments(opts: argparse.Namespace, module: ModuleType) -> tuple[Any, ...]:
     if opts.args and opts.arg:
-        raise ValueError("give the arguments either with --args or with --arg, not both")
+        raise ConfigError("give the arguments either with --args or with --arg, not both")
     if opts.args:
         value = _value(opts.args, module)
         return value if isinstance(value, tuple) else (value,)
     if not opts.arg:
-        raise ValueError("the function needs example arguments: --args EXPR or --arg f32[4,3]")
+        raise ConfigError("the function needs example arguments: --args EXPR or --arg f32[4,3]")
     return tuple(parse_spec(text) for text in opts.arg)
 
 
@@ -158,14 +171,14 @@ def parse_spec(text: str) -> jax.ShapeDtypeStruct:
     """
     m = re.fullmatch(r"(\w+)\[([\d, ]*)\]", text.strip())
     if m is None:
-        raise ValueError(f"expected an array shape like f32[4,3]; got {text!r}")
+        raise ConfigError(f"expected an array shape like f32[4,3]; got {text!r}")
     names = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
              "i8": "int8", "i32": "int32", "i64": "int64", "u8": "uint8", "bool": "bool"}  # fmt: skip
     dtype = names.get(m.group(1), m.group(1))
     try:
         dt = jnp.dtype(dtype)
     except TypeError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown dtype {m.group(1)!r} in {text!r}; use f32, f64, bf16, i32, ..."
         ) from None
     shape = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)

@@ -12,10 +12,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ShapeError
+from funcgrad.errors import ConfigError, InputTypeError, ShapeError
 from funcgrad.inspect._format import aval_str, trace
 from funcgrad.inspect.capture import Capture, arg_labels, param_name, tree_labels
-from funcgrad.inspect.graph_types import Cluster, Edge, Graph, Node
+from funcgrad.inspect.graph_parts import Cluster, Edge, Node
+from funcgrad.inspect.graph_types import Graph
 from funcgrad.inspect.render import dot_program
 
 __all__ = ["Cluster", "Edge", "Graph", "Node", "dot_program", "graph"]
@@ -57,16 +58,16 @@ def graph(
     """
     name = getattr(fn, "__name__", type(fn).__name__)
     if not callable(fn):
-        raise TypeError(f"inspect.graph: expected a function; got {type(fn).__name__}")
+        raise InputTypeError(f"inspect.graph: expected a function; got {type(fn).__name__}")
     if not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"inspect.graph: depth must be an int >= 0; got {depth!r}")
+        raise ConfigError(f"inspect.graph: depth must be an int >= 0; got {depth!r}")
     labels = arg_labels(fn, args)
     out_labels: list[str]
     if backward:
         nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
         bad = [i for i in nums if not 0 <= i < len(args)]
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"inspect.graph: argnums {bad} out of range for {len(args)} argument(s) of {name}"
             )
         out = trace(lambda: jax.eval_shape(fn, *args), name)

@@ -1,4 +1,4 @@
-"""The values `inspect.graph` returns: nodes, edges, clusters and the `Graph` that holds them.
+"""The value `inspect.graph` returns: a `Graph` of nodes, edges and clusters.
 
 Queries (`Graph.find`, `Graph.fan_out`) live here; drawing is in `funcgrad.inspect.render`.
 """
@@ -7,63 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Literal
 
+from funcgrad.errors import ConfigError, UnknownNameError
 from funcgrad.inspect import render
-
-Kind = Literal["input", "const", "op", "call", "output"]
-Phase = Literal["forward", "backward"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Node:
-    """One operation (or input, constant, output) of a traced function.
-
-    Attributes:
-      id: unique within the graph (``in0``, ``n12``, ``out1``).
-      kind: ``input``, ``const``, ``op``, ``call`` (a sub-computation shown as one node) or ``output``.
-      op: the JAX primitive (``dot_general``), the call's name (``sigmoid``), or the input's path.
-      outputs: the values it makes, as jaxprs write them (``f32[4,3]``).
-      scope: the name stack: layer paths (``dense_0``), primitives (``sigmoid``, ``sigmoid.backward``)
-        and transformations (``transpose(jvp(dense_0))``).
-      source: ``file.py:line`` of the user code that made it, when known.
-      cluster: the id of the expanded sub-computation it sits in, or ``None``.
-      phase: ``forward`` or ``backward`` (graphs of a gradient); ``forward`` otherwise.
-      forward: for a backward node, the id of the forward node it comes from, where known.
-      detail: literals and parameters worth showing (``y=2``, ``0.5``).
-    """
-
-    id: str
-    kind: Kind
-    op: str
-    outputs: tuple[str, ...]
-    scope: str = ""
-    source: str = ""
-    cluster: str | None = None
-    phase: Phase = "forward"
-    forward: str | None = None
-    detail: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Edge:
-    """Value ``index`` of node ``src`` is an operand of node ``dst``."""
-
-    src: str
-    dst: str
-    index: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Cluster:
-    """An expanded sub-computation (a jit, a custom rule, a scan body), drawn as a box of nodes."""
-
-    id: str
-    label: str
-    parent: str | None
+from funcgrad.inspect.graph_parts import Cluster, Edge, Node
+from funcgrad.io import write_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +41,10 @@ class Graph:
         for n in self.nodes:
             if n.id == node_id:
                 return n
-        raise KeyError(f"graph '{self.name}' has no node '{node_id}'")
+        raise UnknownNameError(
+            f"graph '{self.name}' has no node '{node_id}'; its nodes are "
+            + ", ".join(n.id for n in self.nodes)
+        )
 
     def find(self, op: str | None = None, *, scope: str | None = None) -> list[Node]:
         """Nodes whose ``op`` equals ``op`` and whose scope contains ``scope`` (either may be left out)."""
@@ -127,7 +80,8 @@ class Graph:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the graph to ``path``: ``.svg``, ``.png`` or ``.pdf`` through Graphviz, ``.dot`` or ``.txt`` as text.
 
-        The file appears whole or not at all (written beside it, then renamed).
+        The file appears whole or not at all (`funcgrad.io.write_atomic`: written beside it,
+        fsynced, then renamed).
         """
         path = Path(path)
         fmt = path.suffix.lower().lstrip(".")
@@ -138,17 +92,9 @@ class Graph:
         elif fmt in ("svg", "png", "pdf"):
             data = render.run_dot(self.to_dot(), fmt)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"Graph.save: unknown file type '{path.suffix}' in {str(path)!r}; "
                 "use .svg, .png, .pdf, .dot or .txt"
             )
-        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data, mode=0o644)
         return path

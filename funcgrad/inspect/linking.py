@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections import defaultdict
 
-from funcgrad.inspect.graph_types import Node
+from funcgrad.inspect.graph_parts import Node
 from funcgrad.primitives.registry import split_rule_scope
 
 

@@ -10,12 +10,29 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-from funcgrad.errors import MissingToolError
+from funcgrad.errors import MissingToolError, ToolFailedError
+from funcgrad.inspect.graph_parts import Cluster, Edge, Node
 
-if TYPE_CHECKING:
-    from funcgrad.inspect.graph_types import Cluster, Graph, Node
+
+class Graph(Protocol):
+    """What drawing reads of a `funcgrad.inspect.Graph` (which imports this module to draw itself,
+    so the class itself is not imported here)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def nodes(self) -> Sequence[Node]: ...
+    @property
+    def edges(self) -> Sequence[Edge]: ...
+    @property
+    def clusters(self) -> Sequence[Cluster]: ...
+    @property
+    def backward(self) -> bool: ...
+    def fan_out(self) -> dict[str, int]: ...
+
 
 GRAPHVIZ_HELP = (
     "Graphviz's `dot` program was not found on PATH. Install it (no root needed: "
@@ -213,7 +230,8 @@ def dot_program() -> str | None:
 
 
 def run_dot(dot: str, fmt: str) -> bytes:
-    """Graphviz's ``dot -T{fmt}`` on DOT text; a MissingToolError that says how to install it."""
+    """Graphviz's ``dot -T{fmt}`` on DOT text; a MissingToolError that says how to install it,
+    a ToolFailedError with dot's own message if it fails."""
     exe = dot_program()
     if exe is None:
         raise MissingToolError(GRAPHVIZ_HELP)
@@ -221,7 +239,7 @@ def run_dot(dot: str, fmt: str) -> bytes:
         [exe, f"-T{fmt}"], input=dot.encode(), capture_output=True, check=False, timeout=120
     )
     if done.returncode != 0:
-        raise RuntimeError(
+        raise ToolFailedError(
             f"Graphviz's dot failed ({done.returncode}): {done.stderr.decode().strip()}"
         )
     return done.stdout

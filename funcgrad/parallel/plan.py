@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from funcgrad.errors import ConfigError, InputTypeError, ShapeError
+from funcgrad.paths import dotted
 
 P = PartitionSpec
 RuleFunction = Callable[[str, tuple[int, ...]], PartitionSpec]
@@ -110,17 +112,19 @@ def fsdp(axis: str = "data", *, min_size: int = 1024) -> Rule:
 def by_path(
     *patterns: tuple[str, PartitionSpec], default: Rule | RuleFunction | str = "replicate"
 ) -> Rule:
-    """Rules by key path: the first regex that `re.search`-es a leaf's path gives its spec.
+    r"""Rules by key path: the first regex that `re.search`-es a leaf's path gives its spec.
 
-    Paths are keys joined by ``/``: ``block_0/attention_1/wq``; an optimizer state's copy of
-    that parameter is ``0/mu/block_0/attention_1/wq``, so one pattern covers both. Leaves no
-    pattern matches get ``default`` (``"replicate"``, ``"fsdp"`` or a rule).
+    Paths are dotted (`funcgrad.paths`): ``block_0.attention_1.wq``; an optimizer state's copy
+    of that parameter is ``0.mu.block_0.attention_1.wq``, so one pattern covers both. Leaves no
+    pattern matches get ``default`` (``"replicate"``, ``"fsdp"`` or a rule). A pattern in the
+    earlier ``/`` spelling (``dense_0/w$``) still matches the ``/``-joined path, with a
+    `DeprecationWarning` giving its dotted form.
 
     Example (Megatron-style tensor parallelism over a ``model`` axis):
       >>> from jax.sharding import PartitionSpec as P
       >>> from funcgrad import parallel
-      >>> rule = parallel.by_path((r"dense_0/w$", P(None, "model")), (r"dense_2/w$", P("model", None)))
-      >>> rule("dense_0/w", (64, 256)), rule("dense_0/b", (256,))
+      >>> rule = parallel.by_path((r"dense_0\.w$", P(None, "model")), (r"dense_2\.w$", P("model", None)))
+      >>> rule("dense_0.w", (64, 256)), rule("dense_0.b", (256,))
       (P(None, 'model'), P())
     """
     compiled = []
@@ -129,12 +133,20 @@ def by_path(
             raise ConfigError(
                 f"parallel.by_path: each rule is (regex, PartitionSpec); got {item!r}"
             )
+        if "/" in item[0]:
+            spelled = item[0].replace("/", "\\.")
+            warnings.warn(
+                f"parallel.by_path: pattern {item[0]!r} uses the old '/' spelling of leaf paths; "
+                f"paths are dotted now: write {spelled!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         compiled.append((re.compile(item[0]), item[1]))
     fallback = _as_rule(default)
 
     def spec(path: str, shape: tuple[int, ...], n: int) -> PartitionSpec:
         for pattern, partition in compiled:
-            if pattern.search(path):
+            if _matches(pattern, path):
                 return partition
         return fallback(path, shape, n)
 
@@ -158,17 +170,22 @@ def _as_rule(rule: Rule | RuleFunction | str) -> Rule:
     )
 
 
+def _matches(pattern: re.Pattern[str] | str, path: str) -> bool:
+    """Does ``pattern`` find ``path`` (dotted)? A pattern of the old ``/`` spelling (deprecated)
+    is matched against the ``/``-joined path."""
+    text = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
+    return re.search(pattern, path.replace(".", "/") if "/" in text else path) is not None
+
+
 def path_name(path: Sequence[Any]) -> str:
-    """A key path as ``block_0/dense_1/w`` (dict keys, attribute names and indices, joined by ``/``)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """Deprecated: `funcgrad.paths.dotted`, the one spelling of a leaf path (``block_0.dense_1.w``)."""
+    warnings.warn(
+        "parallel.path_name is deprecated; use funcgrad.paths.dotted (paths are dotted now: "
+        "block_0.dense_1.w)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return dotted(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,10 +256,10 @@ class Plan:
         signature = (treedef, tuple(np.shape(x) for _, x in leaves), check_rules)
         if signature in self._cache:
             return self._cache[signature]
-        names = [path_name(p) for p, _ in leaves]
+        names = [dotted(p) for p, _ in leaves]
         if check_rules:
             for pattern in self.rule.patterns:
-                if not any(re.search(pattern, n) for n in names):
+                if not any(_matches(pattern, n) for n in names):
                     raise ConfigError(
                         f"sharding rule {pattern!r} matches no parameter; paths look like "
                         f"{names[:4]}"

@@ -1,6 +1,17 @@
 """Training: jitted steps over optax, fused multi-step loops, batching, per-example gradients, fit, checkpoints."""
 
-from funcgrad.train.checkpoint import CheckpointError, load_params, restore, save, steps
+from funcgrad.train.checkpoint import (
+    CheckpointError,
+    DamagedCheckpointError,
+    load_params,
+    load_sharded_params,
+    restore,
+    restore_sharded,
+    save,
+    save_sharded,
+    sharded_steps,
+    steps,
+)
 from funcgrad.train.data import batches, num_examples
 from funcgrad.train.history import History
 from funcgrad.train.hooks import (
@@ -15,18 +26,12 @@ from funcgrad.train.hooks import (
 )  # fmt: skip
 from funcgrad.train.loop import FitResult, fit
 from funcgrad.train.per_example import global_norms, per_example_grads
-from funcgrad.train.sharded import (
-    load_sharded_params,
-    restore_sharded,
-    save_sharded,
-    sharded_steps,
-)
 from funcgrad.train.state import NanGuardState, TrainState, nan_guard, nonfinite_step
 from funcgrad.train.step import Step, make_multistep, make_step, make_update
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "EarlyStopping", "Evaluate", "FitResult", "History", "Hook",
-    "LogMetrics", "NanGuardState", "Progress", "Run", "Step", "TrainState", "batches", "fit",
+    "Checkpoint", "CheckpointError", "DamagedCheckpointError", "EarlyStopping", "Evaluate",
+    "FitResult", "History", "Hook", "LogMetrics", "NanGuardState", "Progress", "Run", "Step", "TrainState", "batches", "fit",
     "global_norms", "load_params", "load_sharded_params", "make_multistep", "make_step",
     "make_update", "nan_guard", "nonfinite_step", "num_examples", "per_example_grads", "restore",
     "restore_sharded", "restore_state", "save", "save_sharded", "sharded_steps", "steps",

@@ -23,7 +23,7 @@ from funcgrad.data import num_examples
 from funcgrad.errors import ConfigError
 from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
-from funcgrad.train import checkpoint, sharded
+from funcgrad.train import checkpoint
 from funcgrad.train.history import History
 from funcgrad.train.state import (
     NanGuardState,
@@ -227,18 +227,20 @@ class EarlyStopping(Hook):
 class Checkpoint(Hook):
     """Every ``every`` steps and at the end: save the `TrainState` and the history atomically.
 
-    The arrays go to ``ckpt_{step}.npz`` as ``{"params", "opt_state", "model_state", "key"}``
-    (the optimizer's own state, as ``optimizer.init`` makes it), so `restore` with that
-    template or `load_params` reads them; ``history_{step}.json`` holds the rows logged on
-    schedule and ``loop_{step}.json`` the running metric sums and the NaN guard's record.
-    At the start, with ``resume``, continue from the newest checkpoint in ``directory``: the
-    resumed run's parameters and history are the uninterrupted run's. The ``keep`` newest
-    are kept.
+    The arrays go to a checkpoint (`funcgrad.train.save`) as ``{"params", "opt_state",
+    "model_state", "key"}`` (the optimizer's own state, as ``optimizer.init`` makes it), so
+    `restore` with that ``like`` or `load_params` reads them; ``history_{step}.json`` holds
+    the rows logged on schedule and ``loop_{step}.json`` the running metric sums and the NaN
+    guard's record.
+    At the start, with ``resume``, continue from the newest intact checkpoint in
+    ``directory`` (`restore_state`): the resumed run's parameters and history are the
+    uninterrupted run's. The ``keep`` newest are kept.
 
-    With ``mesh`` (the run's `jax.sharding.Mesh` or `funcgrad.parallel.Plan`; `fit` passes
-    its own) the arrays go to a sharded checkpoint instead (`save_sharded`,
-    ``sharded_{step}/``, orbax): each process writes the shards it holds and a resume reads
-    back only those it needs, laid out on the mesh. The JSON files are written by process 0.
+    ``mesh`` (the run's `jax.sharding.Mesh` or `funcgrad.parallel.Plan`; `fit` passes its
+    own) is handed to `save` and `restore`, which pick the format: with one, a sharded
+    checkpoint (``sharded_{step}/``, orbax), each process writing the shards it holds and a
+    resume reading back only those it needs, laid out on the mesh; without, ``ckpt_{step}.npz``.
+    The JSON files are written by process 0.
     """
 
     def __init__(
@@ -255,8 +257,7 @@ class Checkpoint(Hook):
         self.saved = -1
 
     def start(self, run: Run) -> None:
-        found = checkpoint.steps(self.directory) or sharded.sharded_steps(self.directory)
-        if not (self.resume and found):
+        if not (self.resume and checkpoint.steps(self.directory)):
             return
         step, run.state = restore_state(self.directory, run.state, mesh=self.plan)
         run.step = step
@@ -299,12 +300,8 @@ class Checkpoint(Hook):
             "model_state": state.model_state,
             "key": state.run_key(),
         }
-        if self.plan is not None:
-            sharded.save_sharded(self.directory, step, tree, keep=self.keep)
-            kept = set(sharded.sharded_steps(self.directory))
-        else:
-            checkpoint.save(self.directory, step, tree, keep=self.keep)
-            kept = set(checkpoint.steps(self.directory))
+        checkpoint.save(self.directory, step, tree, keep=self.keep, mesh=self.plan)
+        kept = set(checkpoint.steps(self.directory))
         if writer:
             for pattern in ("history_*.json", "loop_*.json"):
                 for old in self.directory.glob(pattern):
@@ -316,11 +313,10 @@ class Checkpoint(Hook):
 def restore_state(
     directory: str | os.PathLike[str], like: TrainState, *, mesh: Mesh | Plan | None = None
 ) -> tuple[int, TrainState]:
-    """The newest checkpoint that `fit` wrote in ``directory``, as a `TrainState` shaped like ``like``.
+    """The newest intact checkpoint `fit` wrote in ``directory``, as a `TrainState` shaped like ``like``.
 
-    With ``mesh`` it reads the sharded checkpoints (`restore_sharded`) onto that mesh, each
-    process only the shards it holds (or, if there are none, the plain ones, placed on the
-    mesh); without, the plain ones (or, if there are none, the sharded ones, on one device).
+    `restore` reads it, either format, laid out on ``mesh`` when given (each process reading
+    only the shards it holds); a damaged newest checkpoint is skipped with a `RuntimeWarning`.
     Checkpoints of earlier versions of `fit` (without ``loop_{step}.json``) load too: their
     running sums start from zero.
     """
@@ -332,11 +328,7 @@ def restore_state(
         "model_state": like.model_state,
         "key": like.run_key(),
     }
-    plain = checkpoint.steps(directory)
-    if sharded.sharded_steps(directory) and (plan is not None or not plain):
-        step, tree = sharded.restore_sharded(directory, template, mesh=plan)
-    else:
-        step, tree = checkpoint.restore(directory, template)  # fit places it on the mesh
+    step, tree = checkpoint.restore(directory, template, mesh=plan)
     sums, first_bad = jax.tree.map(jnp.zeros_like, like.sums), -1
     loop_file = Path(directory) / f"loop_{step:09d}.json"
     if loop_file.exists():

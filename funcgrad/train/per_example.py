@@ -12,14 +12,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from funcgrad.train.checkpoint.leaves import is_key
+
 
 def global_norms(grads: Any) -> jax.Array:
     """The L2 norm of each example's whole gradient, shape ``(batch,)``."""
     return jax.vmap(optax.tree.norm)(grads)
-
-
-def _is_key(a: Any) -> bool:
-    return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
 def per_example_grads(
@@ -50,7 +48,7 @@ def per_example_grads(
 
     def one(params: Any, example: Any, index: Any, key: Any, *args: Any) -> Any:
         batch = jax.tree.map(lambda a: jnp.expand_dims(a, 0), example)
-        args = tuple(jax.random.fold_in(a, index) if _is_key(a) else a for a in args)
+        args = tuple(jax.random.fold_in(a, index) if is_key(a) else a for a in args)
         if key is not None:
             args = (*args, jax.random.fold_in(key, index))
         return jax.grad(loss_fn)(params, batch, *args)

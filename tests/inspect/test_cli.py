@@ -1,5 +1,6 @@
 """``python -m funcgrad``: graph, summary and cost from the command line, and its errors."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_module_entry_point_runs():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "sin  f32[2]  ← in0" in done.stdout
+
+
+def test_module_help_lists_every_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "funcgrad", "--help"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "{graph,cost,summary,export}" in done.stdout
+    assert re.search(r"\n\s+export\s+save the model", done.stdout), done.stdout
+
+
+def test_a_command_run_elsewhere_points_there(capsys):
+    assert main(["export"], elsewhere={"export": "save a model"}) == 2
+    assert "python -m funcgrad export --help" in capsys.readouterr().err

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from backends import cpu_devices
 from jax.sharding import PartitionSpec as P
 
-from funcgrad import parallel
+from funcgrad import parallel, paths
 from funcgrad.errors import ConfigError, InputTypeError, ShapeError
 
 CPU8 = cpu_devices(8)  # the simulated devices, whatever the default backend is
@@ -56,15 +57,31 @@ def test_fsdp_shards_the_largest_divisible_axis():
 
 
 def test_by_path_rules_cover_parameters_and_their_optimizer_copies():
-    rule = parallel.by_path((r"attn/wq$", P(None, "model")), default="fsdp")
+    rule = parallel.by_path((r"attn\.wq$", P(None, "model")), default="fsdp")
     plan = parallel.plan(parallel.mesh(CPU8, data=4, model=2), rule)
-    assert plan.spec("attn/wq", (64, 64)) == P(None, "model")
-    assert plan.spec("0/mu/attn/wq", (64, 64)) == P(None, "model")
-    assert plan.spec("attn/wo", (64, 64)) == P("data", None)  # the fsdp default
-    assert (
-        parallel.path_name(jax.tree_util.tree_flatten_with_path({"a": [{"b": 1}]})[0][0][0])
-        == "a/0/b"
-    )
+    assert plan.spec("attn.wq", (64, 64)) == P(None, "model")
+    assert plan.spec("0.mu.attn.wq", (64, 64)) == P(None, "model")
+    assert plan.spec("attn.wo", (64, 64)) == P("data", None)  # the fsdp default
+    params = {"block_0": {"attn": {"wq": jnp.zeros((8, 8)), "wo": jnp.zeros((8, 8))}}}
+    state = optax.adam(1e-3).init(params)
+    shardings = plan.shardings({"params": params, "opt_state": state}, check_rules=True)
+    assert shardings["params"]["block_0"]["attn"]["wq"].spec == P(None, "model")
+    assert shardings["opt_state"][0].mu["block_0"]["attn"]["wq"].spec == P(None, "model")
+
+
+def test_a_slash_pattern_still_matches_with_a_deprecation_naming_the_dotted_form():
+    with pytest.deprecated_call(match=r"write 'attn\\\\.wq\$'"):
+        rule = parallel.by_path((r"attn/wq$", P(None, "model")))
+    plan = parallel.plan(parallel.mesh(CPU8, data=4, model=2), rule)
+    shardings = plan.shardings({"attn": {"wq": jnp.zeros((8, 8))}}, check_rules=True)
+    assert shardings["attn"]["wq"].spec == P(None, "model")
+    assert plan.spec("0.mu.attn.wq", (64, 64)) == P(None, "model")
+
+
+def test_path_name_is_the_deprecated_name_of_paths_dotted():
+    path = jax.tree_util.tree_flatten_with_path({"a": [{"b": 1}]})[0][0][0]
+    with pytest.deprecated_call(match="funcgrad.paths.dotted"):
+        assert parallel.path_name(path) == paths.dotted(path) == "a.0.b"
 
 
 def test_layout_errors_name_the_value():
@@ -79,9 +96,9 @@ def test_layout_errors_name_the_value():
         parallel.plan(m, parallel.by_path((r"w$", P("data")))).shardings({"w": jnp.zeros(12)})
     with pytest.raises(
         ConfigError,
-        match=r"rule 'dense_9/w\$' matches no parameter; paths look like \['dense_0/w'\]",
+        match=r"rule 'dense_9\\\\.w\$' matches no parameter; paths look like \['dense_0.w'\]",
     ):
-        parallel.plan(m, parallel.by_path((r"dense_9/w$", P("data")))).shardings(
+        parallel.plan(m, parallel.by_path((r"dense_9\.w$", P("data")))).shardings(
             {"dense_0": {"w": jnp.zeros(8)}}, check_rules=True
         )
     with pytest.raises(ShapeError, match="more entries than the array has axes"):

@@ -1,7 +1,9 @@
 """Sharded checkpoints (orbax): saved from 8 devices, restored onto 4 and 1; fit on a mesh resumes
 bitwise; bad directories, templates and files are refused by name."""
 
+import runpy
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +97,8 @@ def test_fit_on_a_mesh_resumes_bitwise_and_a_finished_run_stays_on_the_mesh(tmp_
         loss, opt, PARAMS, data, steps=8, checkpoint_dir=tmp_path, checkpoint_every=4, **kwargs
     )
     assert first.step == 8
-    assert train.sharded_steps(tmp_path) == [4, 8] and not train.steps(tmp_path)
+    assert train.sharded_steps(tmp_path) == train.steps(tmp_path) == [4, 8]
+    assert not list(tmp_path.glob("ckpt_*.npz"))
     resumed = train.fit(
         loss, opt, PARAMS, data, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, **kwargs
     )
@@ -130,14 +133,16 @@ def test_bad_directory_template_and_files_are_refused(tmp_path):
     with pytest.raises(train.CheckpointError) as err:
         train.restore_sharded(tmp_path, wrong)
     message = str(err.value)
-    assert "the checkpoint has no leaf params/dense_9/w" in message
-    assert "the template has no leaf key" in message
-    assert "params/dense_0/w (saved float64[16, 32], expected float64[16, 8])" in message
+    assert "the checkpoint has no leaf params.dense_9.w" in message
+    assert "like= has no leaf key" in message
+    assert "params.dense_0.w (saved float64[16, 32], expected float64[16, 8])" in message
 
     train.save_sharded(tmp_path, 2, placed)
     (tmp_path / "sharded_000000002" / "_METADATA").write_text('{"tree": ')
+    with pytest.warns(RuntimeWarning, match=r"_METADATA\) is missing or unreadable"):
+        assert train.restore_sharded(tmp_path, tree)[0] == 1  # the newest intact one
     with pytest.raises(train.CheckpointError, match=r"_METADATA\) is missing or unreadable"):
-        train.restore_sharded(tmp_path, tree)
+        train.restore_sharded(tmp_path, tree, step=2)
 
 
 def test_a_missing_orbax_names_the_extra(tmp_path, monkeypatch):
@@ -171,3 +176,57 @@ def test_truncated_files_are_refused(tmp_path):
         data.write_bytes(content[: len(content) // 2])
     with pytest.raises(train.CheckpointError, match="corrupted or truncated"):
         train.restore_sharded(tmp_path, tree)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's, as below
+def test_a_damaged_newest_sharded_checkpoint_falls_back_to_the_one_before(tmp_path):
+    tree, placed = state_tree(fsdp(8))
+    for step in (1, 2, 3):
+        train.save(tmp_path, step, placed, mesh=fsdp(8), keep=None)
+    (tmp_path / "sharded_000000003" / "_METADATA").write_text('{"tree": ')
+    with pytest.warns(RuntimeWarning, match=r"sharded_000000003: its metadata"):
+        step, back = train.restore(tmp_path, tree, mesh=fsdp(4))
+    assert step == 2
+    equal(back["params"], tree["params"])
+    with pytest.raises(train.CheckpointError, match=r"intact checkpoints .* are steps \[1, 2\]"):
+        train.load_params(tmp_path, step=3)
+
+
+def test_the_newest_step_wins_whichever_format_holds_it(tmp_path):
+    tree, placed = state_tree(fsdp(8))
+    train.save(tmp_path, 1, placed, mesh=fsdp(8))
+    newer = jax.tree.map(lambda x: x * 2 if x.dtype == jnp.float64 else x, tree["params"])
+    train.save(tmp_path, 2, {**tree, "params": newer})
+    assert train.steps(tmp_path) == [1, 2] and train.sharded_steps(tmp_path) == [1]
+    for mesh in (None, fsdp(8)):
+        step, back = train.restore(tmp_path, tree, mesh=mesh)
+        assert step == 2
+        equal(back["params"], newer)
+    equal(train.load_params(tmp_path, step=1), tree["params"])
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+def test_sharded_checkpoints_of_the_earlier_layout_still_load():
+    expected = runpy.run_path(str(FIXTURES / "make_v1.py"))["fit_tree"]()
+    step, back = train.restore(
+        FIXTURES / "sharded_v1", jax.eval_shape(lambda: expected), mesh=fsdp(8)
+    )
+    assert step == 4
+    equal(back["params"], expected["params"])
+    equal(back["opt_state"], expected["opt_state"])
+    equal(jax.random.key_data(back["key"]), jax.random.key_data(expected["key"]))
+    equal(train.load_params(FIXTURES / "sharded_v1"), expected["params"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's, as above
+def test_truncated_newest_sharded_files_fall_back_to_the_one_before(tmp_path):
+    tree, placed = state_tree(fsdp(8))
+    train.save(tmp_path, 1, placed, mesh=fsdp(8))
+    train.save(tmp_path, 2, placed, mesh=fsdp(8))
+    for data in (tmp_path / "sharded_000000002").rglob("d/*"):
+        content = data.read_bytes()
+        data.write_bytes(content[: len(content) // 2])
+    with pytest.warns(RuntimeWarning, match=r"sharded_000000002.*corrupted or truncated"):
+        assert train.load_params(tmp_path, tree["params"])["dense_0"]["w"].shape == (16, 32)

@@ -28,7 +28,7 @@ PLANS = {
     "fsdp": lambda: parallel.plan(parallel.mesh(CPU8, data=8), parallel.fsdp(min_size=64)),
     "tensor parallel": lambda: parallel.plan(
         parallel.mesh(CPU8, data=4, model=2),
-        parallel.by_path((r"dense_0/w$", P(None, "model")), (r"dense_2/w$", P("model", None))),
+        parallel.by_path((r"dense_0\.w$", P(None, "model")), (r"dense_2\.w$", P("model", None))),
     ),
 }
 

@@ -2,8 +2,10 @@ import hashlib
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -59,12 +61,12 @@ def test_checkpoint_of_another_model_names_the_first_difference(tmp_path):
     other["params"]["dense_0"]["w"] = jnp.zeros((4, 3))
     with pytest.raises(
         CheckpointError,
-        match=r"\['params'\]\['dense_0'\]\['w'\].*float\d+\[2, 3\].*float\d+\[4, 3\]",
+        match=r"params\.dense_0\.w \(saved float\d+\[2, 3\], expected float\d+\[4, 3\]\)",
     ):
         fg.train.restore(tmp_path, other)
     renamed = tree()
     renamed["params"] = {"dense_1": renamed["params"]["dense_0"]}
-    with pytest.raises(CheckpointError, match=r"no leaf \['params'\]\['dense_1'\]"):
+    with pytest.raises(CheckpointError, match=r"no leaf params\.dense_1\.b, params\.dense_1\.w"):
         fg.train.restore(tmp_path, renamed)
 
 
@@ -77,7 +79,7 @@ def test_a_pickle_payload_is_never_loaded(tmp_path):
 
     evil = np.array([Boom()], dtype=object)  # np.savez stores object arrays as a pickle
     buffer = io.BytesIO()
-    np.savez(buffer, **{"['w']": evil})
+    np.savez(buffer, **{"w": evil})
     path.write_bytes(buffer.getvalue())
     manifest = json.loads(path.with_suffix(".json").read_text())
     manifest["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
@@ -116,8 +118,8 @@ def test_full_disk_fails_loudly_and_keeps_older_checkpoints(tmp_path, monkeypatc
 
 SAVE_AND_DIE = """
 import sys, os, jax.numpy as jnp, funcgrad as fg
-from funcgrad.train import checkpoint
-real = checkpoint.write_atomic
+from funcgrad.train.checkpoint import npz
+real = npz.write_atomic
 def dying(path, data):
     if path.suffix == ".npz":
         # write half of the new file to its temporary name, then die as a killed process would
@@ -125,7 +127,7 @@ def dying(path, data):
         os.write(fd, data[: len(data) // 2])
         os._exit(9)
     real(path, data)
-checkpoint.write_atomic = dying
+npz.write_atomic = dying
 fg.train.save(sys.argv[1], 2, {"w": jnp.full(3, 2.0)})
 """
 
@@ -169,3 +171,104 @@ def test_saves_killed_at_random_points_never_leave_a_broken_newest(tmp_path, del
     step, loaded = fg.train.restore(tmp_path, {"w": jnp.zeros((256, 256), jnp.float32)})
     assert step == available[-1]
     assert bool(jnp.all(loaded["w"] == float(step)))
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    for step in range(1, 5):
+        fg.train.save(tmp_path, step, {"params": {"w": jnp.full(3, float(step))}}, keep=None)
+    truncate(tmp_path / "ckpt_000000004.npz")
+    like = {"params": {"w": jnp.zeros(3)}}
+    with pytest.warns(RuntimeWarning, match=r"ckpt_000000004\.npz is corrupted or truncated"):
+        step, tree = fg.train.restore(tmp_path, like)
+    assert step == 3 and tree["params"]["w"].tolist() == [3.0] * 3
+    with pytest.warns(RuntimeWarning, match=r"ckpt_000000004\.npz"):
+        assert fg.train.load_params(tmp_path)["w"].tolist() == [3.0] * 3
+
+
+def test_asking_for_the_damaged_step_lists_the_intact_ones(tmp_path):
+    for step in range(1, 5):
+        fg.train.save(tmp_path, step, {"w": jnp.full(3, float(step))}, keep=None)
+    truncate(tmp_path / "ckpt_000000004.npz")
+    truncate(tmp_path / "ckpt_000000002.npz")
+    with pytest.raises(CheckpointError, match=r"corrupted or truncated.*intact .* steps \[1, 3\]"):
+        fg.train.load_params(tmp_path, step=4)
+    assert fg.train.load_params(tmp_path, step=3)["w"].tolist() == [3.0] * 3
+
+
+def test_only_damaged_checkpoints_is_an_error_naming_each(tmp_path):
+    for step in (1, 2):
+        fg.train.save(tmp_path, step, {"w": jnp.ones(2)}, keep=None)
+        truncate(tmp_path / f"ckpt_00000000{step}.npz")
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError) as err:
+        fg.train.restore(tmp_path, {"w": jnp.ones(2)})
+    assert "every checkpoint" in str(err.value) and "ckpt_000000001.npz" in str(err.value)
+
+
+def test_a_resuming_fit_skips_a_damaged_newest_checkpoint(tmp_path):
+    x = jnp.linspace(-1, 1, 32)[:, None]
+
+    def loss(w, batch):
+        return jnp.mean((batch[0] * w - 3 * batch[0]) ** 2)
+
+    def run(steps):
+        return fg.train.fit(
+            loss, optax.sgd(0.1), jnp.zeros(()), (x,), key=jax.random.key(0), batch_size=8,
+            steps=steps, checkpoint_dir=tmp_path, checkpoint_every=4, keep=4, progress=False,
+        )  # fmt: skip
+
+    straight = fg.train.fit(
+        loss, optax.sgd(0.1), jnp.zeros(()), (x,), key=jax.random.key(0), batch_size=8,
+        steps=20, progress=False,
+    )  # fmt: skip
+    run(16)
+    assert fg.train.steps(tmp_path) == [4, 8, 12, 16]
+    truncate(tmp_path / "ckpt_000000016.npz")
+    with pytest.warns(RuntimeWarning, match=r"ckpt_000000016\.npz is corrupted"):
+        resumed = run(20)
+    assert resumed.step == 20 and float(resumed.params) == float(straight.params)
+
+
+def test_keys_are_dotted_paths(tmp_path):
+    fg.train.save(tmp_path, 1, tree())
+    manifest = json.loads((tmp_path / "ckpt_000000001.json").read_text())
+    assert manifest["format"] == "funcgrad-checkpoint-2"
+    assert (
+        "params.dense_0.w" in manifest["leaves"]
+        and "opt_state.0.mu.dense_0.b" in manifest["leaves"]
+    )
+    assert set(manifest["prng_keys"]) == {"key"}
+
+
+def test_template_is_the_deprecated_name_of_like(tmp_path):
+    fg.train.save(tmp_path, 2, {"w": jnp.ones(2)})
+    with pytest.deprecated_call(match="like="):
+        step, loaded = fg.train.restore(tmp_path, template={"w": jnp.zeros(2)})
+    assert step == 2 and loaded["w"].tolist() == [1.0, 1.0]
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+OLD = runpy.run_path(str(FIXTURES / "make_v1.py"))  # how the fixtures were written
+
+
+def same(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_checkpoints_of_the_keystr_layout_still_load():
+    expected = OLD["fit_tree"]()
+    like = jax.eval_shape(OLD["fit_tree"])
+    step, loaded = fg.train.restore(FIXTURES / "npz_v1", like)
+    assert step == 4
+    same(loaded, expected)
+    assert jax.random.key_impl(loaded["key"]) == jax.random.key_impl(expected["key"])
+    same(fg.train.load_params(FIXTURES / "npz_v1"), expected["params"])
+    same(fg.train.load_params(FIXTURES / "npz_v1", like["params"]), expected["params"])
+    assert fg.train.load_params(FIXTURES / "npz_v1_bare").tolist() == [0.0, 1.0, 2.0]
