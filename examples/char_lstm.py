@@ -43,10 +43,9 @@ train = (windows[:split, :-1], windows[:split, 1:])
 held_out = (windows[split:, :-1], windows[split:, 1:])
 print(f"{len(text)} characters, {len(chars)} distinct, {len(windows)} windows of {args.seq_len}")
 
-embed = nn.Embedding(len(chars), 64)
-cell = nn.LSTMCell(args.hidden)
-readout = nn.Dense(len(chars))
-model = nn.serial(embed, nn.recurrent(cell), readout)
+model = nn.serial(
+    nn.Embedding(len(chars), 64), nn.recurrent(nn.LSTMCell(args.hidden)), nn.Dense(len(chars))
+)
 params = model.init(jax.random.key(0), train[0][:1])
 
 
@@ -78,24 +77,23 @@ print(f"held-out loss per character: {before:.3f} before, {after:.3f} after")
 
 @jax.jit
 def continue_text(params, prompt, key, temperature):
-    """Read ``prompt`` (ids) with the LSTM, then emit 200 characters one at a time.
+    """Read ``prompt`` (ids) with the model, then emit 200 characters one at a time.
 
-    Temperature 0 is greedy; the carry is all the state the model keeps between steps.
+    Temperature 0 is greedy. The LSTM's carry is the model's state: ``init_carry`` makes it,
+    each ``apply(..., state=state)`` starts from it and returns the carry after its characters.
     """
-    p_embed, p_rnn, p_out = params["embedding_0"], params["recurrent_1"], params["dense_2"]
-    reader = nn.recurrent(cell, return_carry=True)
-    carry, hs = reader.apply(p_rnn, embed.apply(p_embed, prompt[None]))
-    logits = readout.apply(p_out, hs[:, -1])
+    logits, state = model.apply(params, prompt[None], state=model.init_carry(1))
 
-    def step(state, key):
-        carry, logits = state
-        greedy = jnp.argmax(logits, axis=-1)
-        sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
+    def step(carry, key):
+        state, logits = carry
+        last = logits[:, -1]
+        greedy = jnp.argmax(last, axis=-1)
+        sampled = jax.random.categorical(key, last / jnp.maximum(temperature, 1e-6))
         char = jnp.where(temperature == 0, greedy, sampled)
-        carry, h = cell.apply(p_rnn, (carry, embed.apply(p_embed, char)))
-        return (carry, readout.apply(p_out, h)), char[0]
+        logits, state = model.apply(params, char[:, None], state=state)
+        return (state, logits), char[0]
 
-    _, out = jax.lax.scan(step, (carry, logits), jax.random.split(key, 200))
+    _, out = jax.lax.scan(step, (state, logits[:, -1:]), jax.random.split(key, 200))
     return out
 
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import funcgrad as fg
 from funcgrad import nn
 from funcgrad.errors import ShapeError
-from funcgrad.nn.layer import path_key, path_str
+from funcgrad.nn.layer import path_key
+from funcgrad.paths import describe
 
 
 def near_one(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
@@ -34,7 +35,7 @@ class NoisyCenter(nn.ParamLayer):
 
     def check_input(self, x: jax.ShapeDtypeStruct, path: tuple[str, ...]) -> None:
         if x.ndim < 1:
-            raise ShapeError(f"NoisyCenter at {path_str(path)}: expected (..., features)")
+            raise ShapeError(f"NoisyCenter at {describe(path)}: expected (..., features)")
 
     def param_specs(self, x: jax.ShapeDtypeStruct, path: tuple[str, ...]) -> dict:
         return {"gain": nn.ParamSpec((x.shape[-1],), jnp.float32, self.gain_init)}

@@ -51,7 +51,7 @@ def cached(model: nn.Layer, new: int) -> Callable[..., Any]:
     def run(params: Any, cache: Any, token: jax.Array, start: jax.Array) -> jax.Array:
         def step(carry: Any, _: None) -> tuple[Any, jax.Array]:
             token, cache, t = carry
-            logits, cache = model.apply(params, token[:, None], cache=cache, position=t)
+            logits, cache = model.apply(params, token[:, None], state=cache, position=t)
             token = jnp.argmax(logits[:, -1], axis=-1).astype(token.dtype)
             return (token, cache, t + 1), token
 
@@ -103,7 +103,7 @@ def main() -> None:
         params = model.init(jax.random.key(1), tokens)
         start = length - args.new  # the new tokens end the context
         n = size["layers"]
-        prefill = jax.jit(lambda p, c, x: model.apply(p, x, cache=c, position=0))
+        prefill = jax.jit(lambda p, c, x: model.apply(p, x, state=c, position=0))
         cache = model.init_cache(1, length, features=size["d"])
         logits, cache = prefill(params, cache, tokens[:, :start])
         first = jnp.argmax(logits[:, -1], axis=-1)

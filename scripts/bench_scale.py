@@ -93,14 +93,16 @@ def memory_table() -> list[dict]:
     layer = nn.serial(nn.Dense(256), nn.tanh)
     variants = {
         "repeat": nn.repeat(layer, 64),
-        "repeat, remat": nn.repeat(layer, 64, remat=True),
+        "repeat, remat": nn.repeat(nn.remat(layer), 64),
         "serial": nn.serial(*[nn.serial(nn.Dense(256), nn.tanh) for _ in range(64)]),
         "serial, remat per layer": nn.serial(
-            *[nn.serial(nn.Dense(256), nn.tanh) for _ in range(64)], remat=True
+            *[nn.remat(nn.serial(nn.Dense(256), nn.tanh)) for _ in range(64)]
         ),
         "serial, remat per 8 layers": nn.serial(
-            *[nn.serial(*[nn.serial(nn.Dense(256), nn.tanh) for _ in range(8)]) for _ in range(8)],
-            remat=True,
+            *[
+                nn.remat(nn.serial(*[nn.serial(nn.Dense(256), nn.tanh) for _ in range(8)]))
+                for _ in range(8)
+            ],
         ),
     }
     rows = []

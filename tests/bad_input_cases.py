@@ -99,7 +99,7 @@ def _layer_cases() -> dict[str, Case]:
             return model.apply(model.init(key(), x), jnp.concatenate([x, x], axis=-1))
 
         out[f"wrong_trailing_size-{name}"] = Case(
-            wider, errors.ParamsError, ValueError, rf"{name} at params\['\w+_0'\].*should have shape"
+            wider, errors.ParamsError, ValueError, rf"{name} at \w+_0: .*should have shape"
         )  # fmt: skip
         out[f"integer_input-{name}"] = Case(
             lambda layer=layer, x=x: layer.init(key(), x.astype(jnp.int32)),
@@ -131,9 +131,9 @@ def _mismatched_params(
         return {**params, "other_9": {}}
 
     patterns = {  # the first leaf's name is known only after init: \w+ stands for it
-        "missing": rf"{name} at params.*missing \['\w+'\]",
-        "extra": rf"{name} at params.*unexpected \['zz'\]",
-        "reshaped": rf"{name} at params.*'\w+' should have shape",
+        "missing": rf"{name} at \w+_0: .*missing \['\w+'\]",
+        "extra": rf"{name} at \w+_0: .*unexpected \['zz'\]",
+        "reshaped": rf"{name} at \w+_0: .*'\w+' should have shape",
         "extra_layer": "unexpected parameter key",
     }
     return {

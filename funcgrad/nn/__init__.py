@@ -11,6 +11,7 @@ from funcgrad.nn.activations import (
     softplus,
     tanh,
 )
+from funcgrad.nn.cells import Cell
 from funcgrad.nn.combinators import (
     Parallel,
     Remat,
@@ -57,6 +58,7 @@ __all__ = [
     "AdaptivePool",
     "BatchNorm",
     "Bidirectional",
+    "Cell",
     "Context",
     "Conv",
     "ConvTranspose",

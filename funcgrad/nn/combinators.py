@@ -1,4 +1,4 @@
-"""Combinators that build models from layers: serial, parallel, residual, shared, repeat, remat.
+"""Combinators that route data between layers: serial, parallel, residual (shared, repeat, remat re-exported).
 
 Children's parameters live under readable keys (``dense_0``, ``conv_1`` or a given ``name``).
 """
@@ -15,18 +15,18 @@ import jax.numpy as jnp
 from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
 from funcgrad.nn.layer import (
     Array,
-    Cache,
     Context,
     Layer,
     Params,
     Path,
+    SlotRequest,
     State,
-    Wrapper,
     apply_child,
-    path_key,
-    path_str,
 )
-from funcgrad.nn.loops import loop_body
+from funcgrad.nn.remat import Remat, check_remat, remat, warn_remat
+from funcgrad.nn.repeat import Repeat, repeat
+from funcgrad.nn.sharing import Shared, shared
+from funcgrad.paths import describe
 
 
 def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
@@ -50,20 +50,14 @@ def _keys(layers: tuple[Layer, ...], where: str) -> tuple[str, ...]:
 def _check_keys(tree: Any, keys: tuple[str, ...], path: Path, what: str, layer: str) -> None:
     if not isinstance(tree, dict):
         raise ParamsError(
-            f"{layer} at {path_str(path)}: {what} must be a dict; got {type(tree).__name__}"
+            f"{layer} at {describe(path)}: {what} must be a dict; got {type(tree).__name__}"
         )
     extra = sorted(set(tree) - set(keys))
     if extra:
         raise ParamsError(
-            f"{layer} at {path_str(path)}: unexpected {what} key(s) {extra}; its children are "
+            f"{layer} at {describe(path)}: unexpected {what} key(s) {extra}; its children are "
             f"{list(keys)}"
         )
-
-
-def _same_spec(a: Any, b: Any) -> bool:
-    return jax.tree.map(lambda s: (s.shape, s.dtype), a) == jax.tree.map(
-        lambda s: (s.shape, s.dtype), b
-    )
 
 
 class _Group(Layer):
@@ -93,14 +87,12 @@ class _Group(Layer):
             x = y
         return params, state, outs
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        caches = {
-            k: layer._init_cache(batch, max_length, features, dtype, (*path, k))
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        slots = {
+            k: layer._init_slot(request, None if params is None else params.get(k, {}), (*path, k))
             for k, layer in zip(self.keys, self.layers, strict=True)
         }
-        return {k: c for k, c in caches.items() if c}
+        return {k: s for k, s in slots.items() if s}
 
     def _child_inputs(
         self, params: Params, state: State, path: Path
@@ -142,9 +134,8 @@ def serial(
 ) -> Serial:
     """Compose layers in order; parameters are keyed ``{kind}_{position}`` or by each layer's name.
 
-    ``remat=True`` (or a `jax.checkpoint_policies` entry) makes each layer a rematerialised
-    segment: only segment boundaries are stored for the backward pass. Group layers into
-    inner ``serial`` layers for coarser segments. Keys and parameters are unchanged.
+    ``remat=`` is deprecated: wrap the layers that should be rematerialised segments in
+    `remat` (``serial(*(nn.remat(l) for l in layers))`` is what ``remat=True`` did).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -155,8 +146,9 @@ def serial(
       ['dense_0', 'dense_2']
     """
     _keys(layers, "serial")
-    _check_remat(remat, "serial")
+    check_remat(remat, "serial")
     if remat is not False:
+        warn_remat("serial", "serial(*(nn.remat(layer) for layer in layers))")
         policy = None if remat is True else remat
         layers = tuple(
             layer if isinstance(layer, Remat) else Remat(layer, policy) for layer in layers
@@ -188,11 +180,11 @@ class Parallel(_Group):
         shapes = [tuple(o.shape) for o in outs]
         if self.combine == "sum" and len(set(shapes)) > 1:
             raise ShapeError(
-                f"parallel at {path_str(path)}: cannot sum branch outputs of shapes {shapes}"
+                f"parallel at {describe(path)}: cannot sum branch outputs of shapes {shapes}"
             )
         if self.combine == "concat" and len({s[:-1] for s in shapes}) > 1:
             raise ShapeError(
-                f"parallel at {path_str(path)}: cannot concatenate branch outputs of shapes {shapes} "
+                f"parallel at {describe(path)}: cannot concatenate branch outputs of shapes {shapes} "
                 "on the last axis"
             )
         return params, state, jax.eval_shape(self._fan_in, outs)
@@ -239,14 +231,14 @@ class Residual(Serial):
         if not hasattr(y, "shape") or tuple(x.shape) != tuple(y.shape):
             got = f"{tuple(y.shape)} {y.dtype}" if hasattr(y, "shape") else type(y).__name__
             raise ShapeError(
-                f"residual at {path_str(path)}: the branch maps {tuple(x.shape)} {x.dtype} to "
+                f"residual at {describe(path)}: the branch maps {tuple(x.shape)} {x.dtype} to "
                 f"{got}; a residual connection needs the shapes equal"
             )
         if x.dtype != y.dtype and not (
             jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)
         ):
             raise DTypeError(
-                f"residual at {path_str(path)}: the branch maps dtype {x.dtype} to {y.dtype}; "
+                f"residual at {describe(path)}: the branch maps dtype {x.dtype} to {y.dtype}; "
                 "a residual connection adds them, so both must be floating point or equal"
             )
         return params, state, jax.ShapeDtypeStruct(x.shape, y.dtype)
@@ -276,207 +268,17 @@ def residual(*layers: Layer, name: str | None = None) -> Residual:
     return Residual(tuple(layers), name)
 
 
-@dataclasses.dataclass(frozen=True)
-class Shared(Layer):
-    """One parameter subtree, stored once at the top of the model under ``name``, used wherever this layer is."""
-
-    layer: Layer
-    name: str
-    kind = "shared"
-
-    def children(self) -> tuple[Layer, ...]:
-        return (self.layer,)
-
-    def shared_name(self) -> str | None:
-        return self.name
-
-    def _init(
-        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
-    ) -> tuple[Params, State, Any]:
-        params, state, y = self.layer._init(key, x, (self.name,), {})
-        if state:
-            raise ConfigError(
-                f"shared layer '{self.name}' has state (batch norm); sharing it is not supported"
-            )
-        if self.name not in shared:
-            shared[self.name] = params
-        return {}, {}, y
-
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        # Each place of use has its own cache (under its own key), the parameters are shared.
-        return self.layer._init_cache(batch, max_length, features, dtype, (self.name,))
-
-    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        if params:
-            raise ParamsError(
-                f"shared layer '{self.name}' at {path_str(path)} keeps its parameters at the top "
-                f"of the tree, params['{self.name}']; got parameters at its place of use"
-            )
-        # The state is {} or this place's cache.
-        return apply_child(self.layer, ctx.shared[self.name], state, x, ctx, (self.name,))
-
-
-def shared(layer: Layer, name: str) -> Shared:
-    """Use one set of parameters at several places; their gradients add up (seeds, example 7).
-
-    The parameters live once, at the top of the model's tree, under ``name``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> tied = nn.shared(nn.Dense(4), name="tied")
-      >>> model = nn.serial(tied, nn.relu, tied)
-      >>> sorted(model.init(jax.random.key(0), jnp.zeros((1, 4))))
-      ['tied']
-    """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"shared: name must be a non-empty string; got {name!r}")
-    return Shared(layer, name)
-
-
-@dataclasses.dataclass(frozen=True)
-class Repeat(Layer):
-    """``n`` copies of a layer with stacked parameters, applied with `jax.lax.scan`; made by `repeat`."""
-
-    layer: Layer
-    n: int
-    remat: bool | Callable[..., Any] = False
-    name: str | None = None
-    unroll: int | bool = 1
-    kind = "repeat"
-
-    def children(self) -> tuple[Layer, ...]:
-        return (self.layer,)
-
-    def _init(
-        self, key: Array, x: Any, path: Path, shared: dict[str, Any]
-    ) -> tuple[Params, State, Any]:
-        _, _, y = self.layer._init(key, x, path, shared)
-        if not _same_spec(x, y):
-            raise ShapeError(
-                f"repeat at {path_str(path)}: the repeated layer maps {tuple(x.shape)} {x.dtype} "
-                f"to {tuple(y.shape)} {y.dtype}; scanning needs its output shaped and typed like "
-                "its input (cast the input to the compute dtype, or use mixed_precision)"
-            )
-        base = path_key(key, path)
-
-        def one(i: Array) -> tuple[Params, State]:
-            p, s, _ = self.layer._init(jax.random.fold_in(base, i), x, path, shared)
-            return p, s
-
-        params, state = jax.vmap(one)(jnp.arange(self.n))
-        return params, state, x
-
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> Cache:
-        cache = self.layer._init_cache(batch, max_length, features, dtype, path)
-        return jax.tree.map(lambda a: jnp.zeros((self.n, *a.shape), a.dtype), cache)
-
-    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        leaves = jax.tree.leaves((params, state))
-        bad = [jnp.shape(v) for v in leaves if jnp.ndim(v) == 0 or jnp.shape(v)[0] != self.n]
-        if bad:
-            raise ParamsError(
-                f"repeat at {path_str(path)}: every parameter needs a leading axis of size "
-                f"{self.n} (one slice per copy); got shapes {bad[:3]}"
-            )
-
-        def body(carry: Any, xs: tuple[Array, Params, State]) -> tuple[Any, State]:
-            i, p, s = xs
-            key = None if ctx.key is None else jax.random.fold_in(ctx.key, i)
-            y, s = apply_child(self.layer, p, s, carry, dataclasses.replace(ctx, key=key), path)
-            return y, s
-
-        step: Callable[..., Any] = body
-        if self.remat is True:
-            step = jax.checkpoint(body)
-        elif callable(self.remat):
-            step = jax.checkpoint(body, policy=self.remat)
-        with loop_body():
-            y, new_state = jax.lax.scan(
-                step, x, (jnp.arange(self.n), params, state), unroll=self.unroll
-            )
-        return y, new_state
-
-
-def repeat(
-    layer: Layer,
-    n: int,
-    *,
-    remat: bool | Callable[..., Any] = False,
-    unroll: int | bool = 1,
-    name: str | None = None,
-) -> Repeat:
-    """``n`` copies of ``layer`` in sequence, parameters stacked on a new leading axis.
-
-    Applied with `jax.lax.scan`, so compile time does not grow with ``n``; with
-    ``remat=True`` each copy's activations are recomputed in the backward pass (only the
-    carry between copies is stored), and ``remat=`` a `jax.checkpoint_policies` entry
-    (say ``dots_with_no_batch_dims_saveable``) saves what the policy names.
-    The layer's output must have its input's shape and dtype.
-
-    ``unroll`` is passed to `jax.lax.scan`: ``unroll=k`` puts k copies in each loop
-    iteration (``True``: all n, a straight-line program like `serial`), trading compile
-    time for speed where a backend runs loops slowly (XLA:GPU); the parameter tree is the
-    same at any unroll, so checkpoints and optimizer state carry over. See
-    docs/performance.md for when to choose `serial`, ``repeat`` or ``repeat(unroll=)``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> deep = nn.repeat(nn.serial(nn.Dense(16), nn.tanh), 8)
-      >>> params = deep.init(jax.random.key(0), jnp.zeros((1, 16)))
-      >>> params["dense_0"]["w"].shape
-      (8, 16, 16)
-      >>> fast = nn.repeat(nn.serial(nn.Dense(16), nn.tanh), 8, unroll=2)
-      >>> jax.tree.map(jnp.shape, fast.init(jax.random.key(0), jnp.zeros((1, 16)))) == (
-      ...     jax.tree.map(jnp.shape, params))
-      True
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"repeat: n must be a positive int; got {n!r}")
-    if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
-        raise ConfigError(f"repeat: unroll must be a positive int or a bool; got {unroll!r}")
-    _check_remat(remat, "repeat")
-    return Repeat(layer, n, remat, name, unroll)
-
-
-def _check_remat(remat: Any, where: str) -> None:
-    if not (isinstance(remat, bool) or callable(remat)):
-        raise ConfigError(
-            f"{where}: remat must be True, False or a jax.checkpoint_policies entry; got {remat!r}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Remat(Wrapper):
-    """A layer whose activations are recomputed in the backward pass; made by `remat`."""
-
-    policy: Callable[..., Any] | None = None
-
-    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        def run(p: Params, s: State, v: Any, key: Array | None, position: Any) -> Any:
-            inner = dataclasses.replace(ctx, key=key, position=position)
-            return apply_child(self.layer, p, s, v, inner, path)
-
-        return jax.checkpoint(run, policy=self.policy)(params, state, x, ctx.key, ctx.position)
-
-
-def remat(layer: Layer, policy: Callable[..., Any] | None = None) -> Remat:
-    """Recompute ``layer``'s activations in the backward pass instead of storing them.
-
-    Same parameters, same results, less memory; ``policy`` is a
-    `jax.checkpoint_policies` entry. Parameters are those of ``layer`` itself.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> block = nn.remat(nn.serial(nn.Dense(4), nn.gelu))
-      >>> x = jnp.ones((2, 4))
-      >>> block.apply(block.init(jax.random.key(0), x), x).shape
-      (2, 4)
-    """
-    return Remat(layer, policy)
+__all__ = [
+    "Parallel",
+    "Remat",
+    "Repeat",
+    "Residual",
+    "Serial",
+    "Shared",
+    "parallel",
+    "remat",
+    "repeat",
+    "residual",
+    "serial",
+    "shared",
+]

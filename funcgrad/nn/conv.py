@@ -24,12 +24,13 @@ from funcgrad.nn.layer import (
     ParamSpec,
     Path,
     Spec,
+    State,
     compute_dtype,
-    path_str,
     require_float,
 )
 from funcgrad.nn.loops import in_loop_body
 from funcgrad.nn.window import Padding, padding_arg, per_axis
+from funcgrad.paths import describe
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -145,16 +146,38 @@ class Conv(ParamLayer):
         require_float(x, path, layer)
         nd = self._nd(x)
         if nd not in _SPATIAL:
-            raise ConfigError(f"{layer} at {path_str(path)}: 1, 2 or 3 spatial dims; got {nd}")
+            raise ConfigError(f"{layer} at {describe(path)}: 1, 2 or 3 spatial dims; got {nd}")
         if x.ndim != nd + 2:
             raise ShapeError(
-                f"{layer} at {path_str(path)}: a {nd}-d convolution expects input of rank "
+                f"{layer} at {describe(path)}: a {nd}-d convolution expects input of rank "
                 f"{nd + 2} (batch, {', '.join(_SPATIAL[nd])}, channels); got shape {tuple(x.shape)}"
             )
         if x.shape[-1] % self.groups or self.features % self.groups:
             raise ConfigError(
-                f"{layer} at {path_str(path)}: groups={self.groups} must divide the input "
+                f"{layer} at {describe(path)}: groups={self.groups} must divide the input "
                 f"channels ({x.shape[-1]}) and features ({self.features})"
+            )
+
+    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
+        self._check_channel_order(params, x, path)
+        return super()._apply(params, state, x, ctx, path)
+
+    def _check_channel_order(self, params: Any, x: Any, path: Path) -> None:
+        """Name the likely cause when the input looks channels-first (NCHW) against ``params``."""
+        w = params.get("w") if isinstance(params, dict) else None
+        shape = tuple(jnp.shape(x)) if hasattr(x, "shape") else ()
+        if w is None or jnp.ndim(w) < 3 or len(shape) < 3:
+            return
+        channels = jnp.shape(w)[-2] * self.groups
+        if shape[-1] != channels and shape[1] == channels:
+            nd = len(shape) - 2
+            order = (0, *range(2, nd + 2), 1)
+            raise ShapeError(
+                f"{type(self).__name__} at {describe(path)}: the parameters expect {channels} "
+                f"input channels, which the input of shape {shape} has on axis 1, not on the "
+                "last axis. funcgrad is channels-last (N, H, W, C), as Flax and TensorFlow; a "
+                f"channels-first (N, C, H, W) array from PyTorch needs x.transpose{order} "
+                f"(jnp.moveaxis(x, 1, -1))"
             )
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:

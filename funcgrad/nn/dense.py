@@ -22,9 +22,9 @@ from funcgrad.nn.layer import (
     Path,
     Spec,
     compute_dtype,
-    path_str,
     require_float,
 )
+from funcgrad.paths import describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Dense(ParamLayer):
     def check_input(self, x: Spec, path: Path) -> None:
         require_float(x, path, "Dense")
         if x.ndim < 1:
-            raise ShapeError(f"Dense at {path_str(path)}: expected (..., features); got a scalar")
+            raise ShapeError(f"Dense at {describe(path)}: expected (..., features); got a scalar")
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
         specs = {"w": ParamSpec((x.shape[-1], self.features), self.param_dtype, self.w_init)}
@@ -120,7 +120,7 @@ class Scale(ParamLayer):
             jnp.broadcast_shapes(shape, x.shape)
         except ValueError:
             raise ShapeError(
-                f"Scale at {path_str(path)}: factor of shape {shape} does not broadcast "
+                f"Scale at {describe(path)}: factor of shape {shape} does not broadcast "
                 f"against input of shape {tuple(x.shape)}"
             ) from None
 

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError
-from funcgrad.nn.layer import Array, Context, ParamLayer, Params, Path, path_key, path_str
+from funcgrad.nn.layer import Array, Context, ParamLayer, Params, Path, path_key
+from funcgrad.paths import describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Dropout(ParamLayer):
             return x
         if ctx.key is None:
             raise ConfigError(
-                f"Dropout at {path_str(path)}: training mode needs a PRNG key; pass key=... to apply"
+                f"Dropout at {describe(path)}: training mode needs a PRNG key; pass key=... to apply"
             )
         keep = jax.random.bernoulli(path_key(ctx.key, path), 1 - self.rate, x.shape)
         return jnp.where(keep, x / (1 - self.rate), jnp.zeros_like(x))

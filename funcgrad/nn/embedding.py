@@ -23,8 +23,8 @@ from funcgrad.nn.layer import (
     ParamSpec,
     Path,
     Spec,
-    path_str,
 )
+from funcgrad.paths import describe
 
 MODES = ("clip", "fill", "error")
 
@@ -76,7 +76,7 @@ class Embedding(ParamLayer):
     def check_input(self, x: Spec, path: Path) -> None:
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise DTypeError(
-                f"Embedding at {path_str(path)}: expected integer ids; got dtype {x.dtype}"
+                f"Embedding at {describe(path)}: expected integer ids; got dtype {x.dtype}"
             )
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
@@ -88,7 +88,7 @@ class Embedding(ParamLayer):
         table = table.astype(self.dtype or table.dtype)
         n = self.num_embeddings
         message = (
-            f"Embedding at {path_str(path)}: ids must lie in [0, {n}) (a vocabulary of {n}); "
+            f"Embedding at {describe(path)}: ids must lie in [0, {n}) (a vocabulary of {n}); "
             "got ids out of range from {lo} to {hi}"
         )
         valid = (x >= 0) & (x < n)

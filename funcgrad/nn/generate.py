@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, DTypeError, ShapeError
-from funcgrad.nn.layer import Layer, Params, check_key
+from funcgrad.nn.layer import Layer, Params, State, check_key
 
 
 def generate(
@@ -26,15 +26,20 @@ def generate(
     top_k: int | None = None,
     features: int | None = None,
     cache_dtype: Any = None,
+    max_length: int | None = None,
+    state: State | None = None,
 ) -> jax.Array:
     """Continue ``prompt`` by ``max_new_tokens`` tokens sampled from ``model``.
 
     ``model`` maps integer tokens ``(batch, length)`` to logits ``(batch, length, vocab)``
     and is causal (its attention layers have ``causal=True``); its caches come from
-    ``model.init_cache(batch, prompt_len + max_new_tokens, features=features,
-    dtype=cache_dtype)``. The prompt is run through the model once (filling the caches),
-    then each new token costs one step over a single position. Everything runs in one
-    compiled call (compiled once per model, shapes and sampling settings).
+    ``model.init_cache(batch, max_length, params=params, dtype=cache_dtype, state=state)``,
+    their widths read from ``params``. The prompt is run through the model once (filling
+    the caches), then each new token costs one step over a single position, as
+    ``logits, state = model.apply(params, token, state=state, position=p)``. Everything
+    runs in one compiled call (compiled once per model, shapes and sampling settings).
+    A request that does not fit ``max_length`` is refused before anything runs (inside the
+    compiled loop positions are traced and an overflow could not be caught).
 
     Args:
       model, params: the model and its parameters.
@@ -43,8 +48,13 @@ def generate(
       key: a PRNG key; each step draws with its own key split from it.
       temperature: divides the logits before sampling; 0 is greedy (argmax).
       top_k: sample among the ``top_k`` most likely tokens only; 1 is greedy.
-      features, cache_dtype: passed to `Layer.init_cache` (``features`` is needed when an
-        attention layer has no ``qkv_features``).
+      features, cache_dtype: passed to `Layer.init_cache` (``features`` only matters for a
+        layer whose width the parameters do not show).
+      max_length: the cache length, the most positions the model may see (a model trained
+        on a fixed context, say); default ``prompt_len + max_new_tokens``. A
+        ``prompt_len + max_new_tokens`` above it is a `ConfigError`.
+      state: the model's state (batch-norm statistics from ``init_with_state``); the caches
+        are added to it.
 
     Returns:
       ``(batch, prompt_len + max_new_tokens)`` tokens: the prompt, then the new ones.
@@ -57,7 +67,7 @@ def generate(
       ... )
       >>> prompt = jnp.array([[1, 2, 3]])
       >>> params = model.init(jax.random.key(0), prompt)
-      >>> out = nn.generate(model, params, prompt, 4, key=jax.random.key(1), features=8)
+      >>> out = nn.generate(model, params, prompt, 4, key=jax.random.key(1))
       >>> out.shape, out[0, :3].tolist()
       ((1, 7), [1, 2, 3])
     """
@@ -78,7 +88,17 @@ def generate(
         raise ConfigError(f"generate: top_k must be a positive int or None; got {top_k!r}")
     check_key(key, "generate")
     batch, length = prompt.shape
-    cache = model.init_cache(batch, length + max_new_tokens, features=features, dtype=cache_dtype)
+    if max_length is None:
+        max_length = length + max_new_tokens
+    elif length + max_new_tokens > max_length:
+        raise ConfigError(
+            f"generate: a prompt of {length} tokens plus max_new_tokens={max_new_tokens} is "
+            f"{length + max_new_tokens} positions; the cache holds max_length={max_length} "
+            f"(at most {max(max_length - length, 0)} new tokens)"
+        )
+    cache = model.init_cache(
+        batch, max_length, params=params, features=features, dtype=cache_dtype, state=state
+    )
     greedy = temperature == 0 or top_k == 1
     return _generate(
         model, max_new_tokens, 1.0 if greedy else float(temperature), None if greedy else top_k,
@@ -112,7 +132,7 @@ def _generate(
     key: jax.Array,
 ) -> jax.Array:
     def logits_of(tokens: jax.Array, cache: Any, position: Any) -> tuple[jax.Array, Any]:
-        logits, cache = model.apply(params, tokens, cache=cache, position=position)
+        logits, cache = model.apply(params, tokens, state=cache, position=position)
         if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
             raise ShapeError(
                 "generate: the model must map tokens (batch, length) to logits (batch, length, "

@@ -20,12 +20,13 @@ from funcgrad.nn.layer import (
     Params,
     ParamSpec,
     Path,
+    SlotRequest,
     State,
     compute_dtype,
-    path_str,
     require_float,
 )
 from funcgrad.nn.rotary import rotary
+from funcgrad.paths import describe
 from funcgrad.primitives.stable import softmax
 
 
@@ -189,12 +190,13 @@ class MultiHeadAttention(ParamLayer):
     ``bq`` ``(heads, head_dim)``, ``bk``, ``bv`` ``(kv_heads, head_dim)``, ``bo``
     ``(out_features,)``.
 
-    Decoding: `init_cache` makes a key/value cache (zeros, ``{"k", "v"}`` each
-    ``(batch, max_length, kv_heads, head_dim)``), and ``apply(params, x, cache=cache,
-    position=t)`` attends causally from the tokens ``x`` (at positions ``t, t+1, ...``) to
-    the cached ones before them and to themselves, returning ``(y, new_cache)``. Any
-    combinator passes caches through, so the same calls work on a whole model.
-    ``position + x.shape[1]`` must not exceed ``max_length`` (not checked under jit).
+    Decoding: ``state = init_cache(batch, max_length, params=params)`` makes a key/value
+    cache (zeros, ``{"k", "v"}`` each ``(batch, max_length, kv_heads, head_dim)``), and
+    ``y, state = apply(params, x, state=state, position=t)`` attends causally from the
+    tokens ``x`` (at positions ``t, t+1, ...``) to the cached ones before them and to
+    themselves. The cache is the layer's state, so every combinator passes it through and
+    the same calls work on a whole model. ``t + x.shape[1] > max_length`` is a `ShapeError`
+    for a concrete ``t``; under jit a traced ``t`` cannot be checked (see `Layer.init_cache`).
 
     Args:
       num_heads: number of query heads; ``qkv_features`` must divide by it.
@@ -264,7 +266,7 @@ class MultiHeadAttention(ParamLayer):
 
     def check_input(self, x: Any, path: Path) -> None:
         q, kv, mask = self._split(x)
-        where = f"MultiHeadAttention at {path_str(path)}"
+        where = f"MultiHeadAttention at {describe(path)}"
         for name, a in (("query input", q), ("context", kv)):
             require_float(a, path, "MultiHeadAttention")
             if a.ndim != 3:
@@ -306,19 +308,23 @@ class MultiHeadAttention(ParamLayer):
             specs["bo"] = ParamSpec((out,), pd, zeros)
         return specs
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> State:
-        where = f"MultiHeadAttention at {path_str(path)}"
-        width = self.qkv_features or features
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        if request.what != "cache":
+            return {}
+        where = f"MultiHeadAttention at {describe(path)}"
+        dtype = request.dtype or self.dtype or self.param_dtype
+        shape = (request.batch, request.max_length)
+        if isinstance(params, dict) and "wk" in params and jnp.ndim(params["wk"]) == 3:
+            # (d_context, kv_heads, head_dim): the parameters say the cache's width.
+            zeros = jnp.zeros((*shape, *jnp.shape(params["wk"])[1:]), dtype)
+            return {"k": zeros, "v": zeros}
+        width = self.qkv_features or request.features
         if width is None:
             raise ConfigError(
-                f"{where}: init_cache needs the layer's width: give the layer qkv_features or "
-                "init_cache(..., features=d) with its input width d"
+                f"{where}: init_cache needs the layer's width: pass params=params, give the "
+                "layer qkv_features, or init_cache(..., features=d) with its input width d"
             )
-        head_dim = self._head_dim(width, where)
-        dtype = dtype or self.dtype or self.param_dtype
-        zeros = jnp.zeros((batch, max_length, self.kv_heads, head_dim), dtype)
+        zeros = jnp.zeros((*shape, self.kv_heads, self._head_dim(width, where)), dtype)
         return {"k": zeros, "v": zeros}
 
     def forward_with_state(
@@ -335,6 +341,11 @@ class MultiHeadAttention(ParamLayer):
 
         qh, kh, vh = project(q, "q"), project(kv, "k"), project(kv, "v")
         if ctx.position is None:
+            if state:
+                raise ConfigError(
+                    f"MultiHeadAttention at {describe(path)}: its state holds a key/value cache "
+                    "(from init_cache); decode with apply(params, x, state=state, position=p)"
+                )
             if self.rope:
                 qh = rotary(qh, jnp.arange(qh.shape[1]), base=self.rope_base)
                 kh = rotary(kh, jnp.arange(kh.shape[1]), base=self.rope_base)
@@ -348,13 +359,14 @@ class MultiHeadAttention(ParamLayer):
         self, q: Array, k: Array, v: Array, x: Any, cache: State, position: Any, path: Path
     ) -> tuple[Array, State]:
         """Write this step's keys and values at ``position`` and attend causally to the cache."""
-        where = f"MultiHeadAttention at {path_str(path)}"
+        where = f"MultiHeadAttention at {describe(path)}"
         if isinstance(x, (tuple, list)):
             raise ConfigError(f"{where}: cached decoding is for self-attention; got a tuple input")
         if not (isinstance(cache, dict) and set(cache) == {"k", "v"}):
+            got = sorted(cache) if isinstance(cache, dict) else type(cache).__name__
             raise ConfigError(
-                f"{where}: expected its cache {{'k', 'v'}} (from init_cache); got "
-                f"{sorted(cache) if isinstance(cache, dict) else type(cache).__name__}"
+                f"{where}: position= decodes with a key/value cache, so its state must be "
+                f"{{'k', 'v'}} (from model.init_cache(batch, max_length, params=params)); got {got}"
             )
         want = (q.shape[0], cache["k"].shape[1], *k.shape[2:])
         if cache["k"].shape != want or cache["v"].shape != want:
@@ -362,10 +374,12 @@ class MultiHeadAttention(ParamLayer):
                 f"{where}: cache of shape {tuple(cache['k'].shape)} does not fit this step "
                 f"(expected (batch, max_length, kv_heads, head_dim) = {want})"
             )
+        check_fits(want[1], position, q.shape[1], where)
         positions = position + jnp.arange(q.shape[1])
         if self.rope:
             q = rotary(q, positions, base=self.rope_base)
             k = rotary(k, positions, base=self.rope_base)
+        # Under jit a traced position is not checked: XLA clamps the write to end at max_length.
         new = {
             n: jax.lax.dynamic_update_slice_in_dim(cache[n], a.astype(cache[n].dtype), position, 1)
             for n, a in (("k", k), ("v", v))
@@ -373,3 +387,31 @@ class MultiHeadAttention(ParamLayer):
         allowed = jnp.arange(want[1]) <= positions[:, None]
         keys, values = new["k"].astype(q.dtype), new["v"].astype(q.dtype)
         return attention(q, keys, values, mask=allowed, fused=self.fused), new
+
+
+def check_fits(max_length: int, position: Any, tokens: int, where: str) -> None:
+    """Raise a ShapeError unless ``tokens`` tokens written at ``position`` fit ``max_length`` slots.
+
+    A traced ``position`` (under `jax.jit`) is checked only against the length alone.
+
+    Example:
+      >>> check_fits(8, 4, 4, "MultiHeadAttention")  # fits: returns None
+    """
+    if tokens > max_length:
+        raise ShapeError(
+            f"{where}: {tokens} tokens do not fit a key/value cache of length {max_length} "
+            f"(at position {position}); make the cache with init_cache(batch, max_length) large "
+            "enough"
+        )
+    if isinstance(position, jax.core.Tracer):
+        return
+    try:
+        p = int(position)
+    except TypeError:
+        return
+    if p < 0 or p + tokens > max_length:
+        raise ShapeError(
+            f"{where}: writing {tokens} token(s) at position {p} overflows the key/value cache "
+            f"of length {max_length} (positions {p}..{p + tokens - 1}; the cache holds "
+            f"0..{max_length - 1}); make the cache with init_cache(batch, max_length) large enough"
+        )

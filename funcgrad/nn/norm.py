@@ -22,10 +22,10 @@ from funcgrad.nn.layer import (
     Path,
     Spec,
     State,
-    path_str,
     require_float,
     require_rank,
 )
+from funcgrad.paths import describe
 
 
 def _stat_dtype(x: Array) -> Any:
@@ -175,7 +175,7 @@ class BatchNorm(_FeatureNorm):
         if not isinstance(state, dict) or set(state) != {"mean", "var"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ParamsError(
-                f"BatchNorm at {path_str(path)}: needs its state {{'mean', 'var'}} (from "
+                f"BatchNorm at {describe(path)}: needs its state {{'mean', 'var'}} (from "
                 f"init_with_state or init_state), passed as apply(..., state=...); got {got}"
             )
         xs = x.astype(_stat_dtype(x))
@@ -261,7 +261,7 @@ class GroupNorm(ParamLayer):
                 f"{self.num_groups} groups" if self.num_groups else f"groups of {self.group_size}"
             )
             raise ShapeError(
-                f"{layer} at {path_str(path)}: {c} channels do not split into {what}; "
+                f"{layer} at {describe(path)}: {c} channels do not split into {what}; "
                 f"got input of shape {tuple(x.shape)}"
             )
 

@@ -19,6 +19,7 @@ from funcgrad.nn.layer import (
     Layer,
     Params,
     Path,
+    SlotRequest,
     State,
     Wrapper,
     apply_child,
@@ -57,11 +58,10 @@ class MixedPrecision(Wrapper):
             INIT_PARAM_CAST.reset(token)
         return params, state, _cast(y, self.output)
 
-    def _init_cache(
-        self, batch: int, max_length: int, features: int | None, dtype: Any, path: Path
-    ) -> State:  # the cache tree (layer.Cache)
-        dtype = self.compute if dtype is None else dtype
-        return self.layer._init_cache(batch, max_length, features, dtype, path)
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        if request.dtype is None:
+            request = dataclasses.replace(request, dtype=self.compute)
+        return self.layer._init_slot(request, params, path)
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
         # The casts are inside the differentiated function, so gradients come back in the

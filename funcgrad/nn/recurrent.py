@@ -1,236 +1,48 @@
-"""Recurrent cells (LSTMCell, GRUCell) and the layers that run them over time: recurrent, bidirectional.
+"""The sequence layers, `recurrent` and `bidirectional`: a cell scanned over ``(batch, time, features)``.
 
-A cell maps ``(carry, x_t)`` to ``(carry, y_t)``; `recurrent` scans it over the time axis of ``(batch, time, features)``.
+The carry between time steps is state: `Layer.init_carry` makes the slot, ``apply(..., state=)`` returns the final carry.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
+from funcgrad.errors import DTypeError, InputTypeError, ParamsError, ShapeError
+from funcgrad.nn.cells import Carry, Cell, GRUCell, LSTMCell
 from funcgrad.nn.layer import (
     Array,
     Context,
-    Initializer,
     Layer,
-    ParamLayer,
     Params,
-    ParamSpec,
     Path,
+    SlotRequest,
     Spec,
     State,
     apply_child,
-    check_params,
     compute_dtype,
-    path_str,
-    require_float,
 )
 from funcgrad.nn.loops import loop_body
+from funcgrad.paths import describe
 
-Carry = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cell(ParamLayer):
-    """What LSTMCell and GRUCell share: the parameters ``wi``, ``wh``, ``bi``, ``bh`` and the checks.
-
-    ``wi`` is ``(in, gates * hidden)``, ``wh`` is ``(hidden, gates * hidden)``, ``bi`` and ``bh``
-    are ``(gates * hidden,)``, gates side by side in PyTorch's order.
-    """
-
-    hidden: int
-    wi_init: Initializer = jax.nn.initializers.lecun_normal()
-    wh_init: Initializer = jax.nn.initializers.orthogonal()
-    b_init: Initializer = jax.nn.initializers.zeros
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    name: str | None = None
-    gates: ClassVar[int] = 1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ConfigError(
-                f"{type(self).__name__}: hidden must be a positive int; got {self.hidden!r}"
-            )
-
-    def initial_carry(self, batch: int | tuple[int, ...], dtype: Any = jnp.float32) -> Carry:
-        """The zero carry for ``batch`` examples (an int or a batch shape)."""
-        raise NotImplementedError
-
-    def _split(self, x: Any) -> tuple[Carry | None, Any]:
-        """``(carry, x_t)`` or ``x_t`` alone (the zero carry) as ``(carry or None, x_t)``."""
-        if isinstance(x, (tuple, list)):
-            if len(x) != 2:
-                raise InputTypeError(
-                    f"{type(self).__name__}: expected (carry, x_t) or x_t; got a tuple of {len(x)}"
-                )
-            return x[0], x[1]
-        return None, x
-
-    def check_input(self, x: Any, path: Path) -> None:
-        carry, xt = self._split(x)
-        layer = type(self).__name__
-        require_float(xt, path, layer)
-        if xt.ndim < 1:
-            raise ShapeError(
-                f"{layer} at {path_str(path)}: expected x_t of shape (..., features); got a scalar"
-            )
-        if carry is not None:
-            shape = (*xt.shape[:-1], self.hidden)
-            expected = jax.tree.map(lambda _: shape, self.initial_carry(1))
-            got = jax.tree.map(lambda c: tuple(jnp.shape(c)), carry)
-            if got != expected:
-                raise ShapeError(
-                    f"{layer} at {path_str(path)}: expected a carry like {expected} for x_t "
-                    f"of shape {tuple(xt.shape)}; got {got}"
-                )
-
-    def param_specs(self, x: Any, path: Path) -> dict[str, ParamSpec]:
-        n, h = self.gates * self.hidden, self.hidden
-        fan_in = self._split(x)[1].shape[-1]
-        return {
-            "wi": ParamSpec((fan_in, n), self.param_dtype, self.wi_init),
-            "wh": ParamSpec((h, n), self.param_dtype, self.wh_init),
-            "bi": ParamSpec((n,), self.param_dtype, self.b_init),
-            "bh": ParamSpec((n,), self.param_dtype, self.b_init),
-        }
-
-    def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        x = jax.tree.map(jnp.asarray, x)
-        self.check_input(x, path)
-        carry, xt = self._split(x)
-        check_params(params, self.param_specs(x, path), path, type(self).__name__, xt.shape)
-        dtype = compute_dtype(self.dtype, xt, *params.values())
-        if carry is None:
-            carry = self.initial_carry(xt.shape[:-1], dtype)
-        with jax.named_scope("/".join(path) or self.kind):
-            carry = jax.tree.map(lambda c: c.astype(dtype), carry)
-            return self.step(params, carry, xt.astype(dtype)), state
-
-    def _projections(self, params: Params, h: Array, xt: Array) -> tuple[Array, Array]:
-        """``x_t @ wi + bi`` and ``h @ wh + bh``, each ``(..., gates * hidden)``."""
-        p = {k: v.astype(xt.dtype) for k, v in params.items()}
-        xi = jnp.matmul(xt, p["wi"], precision=self.precision) + p["bi"]
-        hh = jnp.matmul(h, p["wh"], precision=self.precision) + p["bh"]
-        return xi, hh
-
-    def step(self, params: Params, carry: Carry, xt: Array) -> tuple[Carry, Array]:
-        """One time step: ``(carry, x_t) -> (carry, y_t)``, all in ``x_t``'s dtype."""
-        raise NotImplementedError
+__all__ = ["Bidirectional", "GRUCell", "LSTMCell", "Recurrent", "bidirectional", "recurrent"]
 
 
-@dataclasses.dataclass(frozen=True)
-class LSTMCell(_Cell):
-    """A long short-term memory cell with PyTorch's equations and gate order (i, f, g, o).
-
-    With ``xi = x_t @ wi + bi`` and ``hh = h @ wh + bh`` split into four ``hidden``-wide
-    blocks, ``i, f, o = σ(xi + hh)`` blocks 0, 1, 3, ``g = tanh(xi + hh)`` block 2;
-    ``c' = f * c + i * g``, ``h' = o * tanh(c')``. The carry is ``(h, c)``, each
-    ``(batch, hidden)``; the output ``y_t`` is ``h'``.
-
-    From ``torch.nn.LSTM`` (layer ``k``): ``wi = weight_ih_lk.T``, ``wh = weight_hh_lk.T``,
-    ``bi = bias_ih_lk``, ``bh = bias_hh_lk``; the ``_reverse`` tensors are the backward
-    direction of `bidirectional`. Initialisation: ``wi`` LeCun normal, ``wh`` orthogonal,
-    biases zero (Flax's choice; PyTorch draws all uniformly in ±1/√hidden).
-
-    The input is ``(carry, x_t)``, or ``x_t`` alone to start from the zero carry; ``init``
-    needs only ``x_t`` (``(batch, features)``).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> cell = nn.LSTMCell(4)
-      >>> x_t = jnp.ones((2, 3))
-      >>> params = cell.init(jax.random.key(0), x_t)
-      >>> (h, c), y = cell.apply(params, (cell.initial_carry(2), x_t))
-      >>> h.shape, c.shape, y.shape
-      ((2, 4), (2, 4), (2, 4))
-    """
-
-    gates: ClassVar[int] = 4
-    kind = "lstm_cell"
-
-    def initial_carry(self, batch: int | tuple[int, ...], dtype: Any = jnp.float32) -> Carry:
-        shape = (*((batch,) if isinstance(batch, int) else tuple(batch)), self.hidden)
-        return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-
-    def step(self, params: Params, carry: Carry, xt: Array) -> tuple[Carry, Array]:
-        h, c = carry
-        xi, hh = self._projections(params, h, xt)
-        i, f, g, o = jnp.split(xi + hh, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (h, c), h
-
-
-@dataclasses.dataclass(frozen=True)
-class GRUCell(_Cell):
-    """A gated recurrent unit with PyTorch's equations and gate order (r, z, n).
-
-    With ``xi = x_t @ wi + bi`` and ``hh = h @ wh + bh`` split into three ``hidden``-wide
-    blocks: ``r = σ(xi_r + hh_r)``, ``z = σ(xi_z + hh_z)``, ``n = tanh(xi_n + r * hh_n)``
-    (the reset gate multiplies the hidden projection *with* its bias, as ``torch.nn.GRU``;
-    hence two biases), ``h' = (1 − z) * n + z * h``. The carry is ``h``, ``(batch, hidden)``;
-    the output ``y_t`` is ``h'``.
-
-    From ``torch.nn.GRU``: ``wi = weight_ih_lk.T``, ``wh = weight_hh_lk.T``,
-    ``bi = bias_ih_lk``, ``bh = bias_hh_lk``. Initialisation as `LSTMCell`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import nn
-      >>> cell = nn.GRUCell(4)
-      >>> params = cell.init(jax.random.key(0), jnp.ones((2, 3)))
-      >>> h, y = cell.apply(params, (cell.initial_carry(2), jnp.ones((2, 3))))
-      >>> h.shape, bool((h == y).all())
-      ((2, 4), True)
-    """
-
-    gates: ClassVar[int] = 3
-    kind = "gru_cell"
-
-    def initial_carry(self, batch: int | tuple[int, ...], dtype: Any = jnp.float32) -> Carry:
-        return jnp.zeros(
-            (*((batch,) if isinstance(batch, int) else tuple(batch)), self.hidden), dtype
-        )
-
-    def step(self, params: Params, carry: Carry, xt: Array) -> tuple[Carry, Array]:
-        h = carry
-        xi, hh = self._projections(params, h, xt)
-        xr, xz, xn = jnp.split(xi, 3, axis=-1)
-        hr, hz, hn = jnp.split(hh, 3, axis=-1)
-        r = jax.nn.sigmoid(xr + hr)
-        z = jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-        h = (1 - z) * n + z * h
-        return h, h
-
-
-class _Inputs(NamedTuple):
-    """What ``apply(params, x, initial_carry=..., lengths=...)`` hands to ``_apply``."""
-
-    x: Any
-    lengths: Any
-    carry: Any
-
-
-def _unpack(x: Any, where: str) -> tuple[Any, Any, Any, bool]:
-    """``(x, lengths, initial carry, lengths_in_output)`` from any accepted input form."""
-    if isinstance(x, _Inputs):
-        return x.x, x.lengths, x.carry, False
+def _unpack(x: Any, where: str) -> tuple[Any, Any, bool]:
+    """``(x, lengths, paired)``: the sequence alone, or the pair ``(x, lengths)``."""
     if isinstance(x, (tuple, list)):
         if len(x) != 2:
             raise InputTypeError(
                 f"{where}: expected x of shape (batch, time, features) or a pair (x, lengths); "
                 f"got a tuple of {len(x)}"
             )
-        return x[0], x[1], None, True
-    return x, None, None, False
+        return x[0], x[1], True
+    return x, None, False
 
 
 def _check_sequence(x: Any, lengths: Any, where: str) -> None:
@@ -261,7 +73,7 @@ def _reverse_within(x: Array, lengths: Array | None) -> Array:
 
 
 def _scan(
-    cell: _Cell,
+    cell: Cell,
     params: Params,
     x: Array,
     lengths: Array | None,
@@ -296,10 +108,10 @@ def _scan(
     return carry, (_reverse_within(y, lengths) if reverse else y)
 
 
-def _as_cell(layer: Any, where: str) -> _Cell:
+def _as_cell(layer: Any, where: str) -> Cell:
     if isinstance(layer, Recurrent):
         return layer.cell
-    if not isinstance(layer, _Cell):
+    if not isinstance(layer, Cell):
         raise InputTypeError(
             f"{where}: expected a recurrent cell (nn.LSTMCell, nn.GRUCell) or nn.recurrent(cell); "
             f"got {type(layer).__name__}"
@@ -307,58 +119,73 @@ def _as_cell(layer: Any, where: str) -> _Cell:
     return layer
 
 
+def _warn_return_carry(where: str) -> None:
+    warnings.warn(
+        f"{where}(..., return_carry=True) is deprecated: the carry is state; use "
+        "`y, state = layer.apply(params, x, state=layer.init_carry(batch))` and read the final "
+        "carry from `state['carry']` (inside a model, from the layer's slot of the state)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 class _SequenceLayer(Layer):
-    """The input forms `Recurrent` and `Bidirectional` share, and ``apply``'s extra keywords."""
+    """What `Recurrent` and `Bidirectional` share: input forms, the carry slot, old keywords."""
 
     return_carry: bool = False
-
-    def apply(
-        self,
-        params: Params,
-        x: Any,
-        *,
-        key: Array | None = None,
-        state: State | None = None,
-        train: bool | None = None,
-        cache: Any = None,
-        position: Any = None,
-        initial_carry: Carry | None = None,
-        lengths: Array | None = None,
-    ) -> Any:
-        """Run over ``x``, ``(batch, time, features)``, or the pair ``(x, lengths)``.
-
-        Args:
-          params, key, state, train, cache, position: as `Layer.apply` (a recurrent layer
-            keeps no cache; its carry is its state over time).
-          initial_carry: the carry to start from (default zeros).
-          lengths: ``(batch,)`` integers, each sequence's true length; steps at or past it
-            are padding: they change no carry, and their outputs are 0.
-
-        Returns:
-          ``y``, ``(batch, time, out)``; ``(y, lengths)`` when the input was the pair;
-          ``(carry, that)`` with ``return_carry``.
-        """
-        if initial_carry is not None or lengths is not None:
-            if isinstance(x, (tuple, list)):
-                raise InputTypeError(
-                    f"{self.kind}: give lengths either in the input (x, lengths) or as "
-                    "lengths=..., with initial_carry=..., not both"
-                )
-            x = _Inputs(x, None if lengths is None else jnp.asarray(lengths), initial_carry)
-        return super().apply(
-            params, x, key=key, state=state, train=train, cache=cache, position=position
-        )
 
     def _where(self, path: Path) -> str:
         raise NotImplementedError
 
-    def _parts(self, x: Any, path: Path) -> tuple[Any, Any, Any, bool]:
-        xs, lengths, carry, paired = _unpack(x, self._where(path))
+    def _carry_slot(self, dtype: Any, batch: int) -> Carry:
+        raise NotImplementedError
+
+    def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
+        if request.what != "carry":
+            return {}
+        return {"carry": self._carry_slot(request.dtype, request.batch)}
+
+    def _legacy_keywords(
+        self, x: Any, state: State | None, keywords: dict[str, Any], where: str
+    ) -> tuple[Any, State | None, Callable[[Any], Any]]:
+        carry = keywords.pop("initial_carry", None)
+        lengths = keywords.pop("lengths", None)
+        x, state, finish = super()._legacy_keywords(x, state, keywords, where)
+        if carry is None and lengths is None:
+            return x, state, finish
+        if isinstance(x, (tuple, list)):
+            raise InputTypeError(
+                f"{self.kind}: give lengths either in the input (x, lengths) or as "
+                "lengths=..., with initial_carry=..., not both"
+            )
+        if carry is not None:
+            warnings.warn(
+                f"{where}(..., initial_carry=c) is deprecated: the carry is state; use "
+                "`y, state = layer.apply(params, x, state={'carry': c})` (or start from "
+                "layer.init_carry(batch))",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            state = {**(state or {}), "carry": carry}
+        if lengths is None:
+            return x, state, finish
+        warnings.warn(
+            f"{where}(..., lengths=l) is deprecated: lengths are data; pass the pair "
+            "`y, l = layer.apply(params, (x, l))`",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if self.return_carry:
+            return (x, jnp.asarray(lengths)), state, lambda out: (out[0], out[1][0])
+        return (x, jnp.asarray(lengths)), state, lambda out: out[0]
+
+    def _parts(self, x: Any, path: Path) -> tuple[Any, Any, bool]:
+        xs, lengths, paired = _unpack(x, self._where(path))
         xs = jax.tree.map(jnp.asarray, xs) if not isinstance(xs, Spec) else xs
         if lengths is not None and not isinstance(lengths, Spec):
             lengths = jnp.asarray(lengths)
         _check_sequence(xs, lengths, self._where(path))
-        return xs, lengths, carry, paired
+        return xs, lengths, paired
 
     def _run(
         self, params: Params, x: Array, lengths: Any, carry: Carry, ctx: Context, path: Path
@@ -366,17 +193,30 @@ class _SequenceLayer(Layer):
         raise NotImplementedError
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        xs, lengths, carry, paired = self._parts(x, path)
-        carry, y = self._run(params, xs, lengths, carry, ctx, path)
+        xs, lengths, paired = self._parts(x, path)
+        if not isinstance(state, Mapping) or not set(state) <= {"carry"}:
+            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ParamsError(
+                f"{self._where(path)}: its state is {{}} or {{'carry': c}} (from init_carry); "
+                f"got {got}"
+            )
+        start = state.get("carry")
+        carry, y = self._run(params, xs, lengths, start, ctx, path)
         out = (y, lengths) if paired else y
-        return ((carry, out) if self.return_carry else out), state
+        if self.return_carry:
+            out = (carry, out)
+        if start is None:
+            return out, {}
+        # The returned slot keeps the given carry's dtypes, so the state's structure is stable.
+        dtypes = jax.tree.map(lambda c: jnp.result_type(c), start)
+        return out, {"carry": jax.tree.map(lambda c, d: c.astype(d), carry, dtypes)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Recurrent(_SequenceLayer):
     """A cell scanned over time; made by `recurrent`. Its parameters are the cell's own."""
 
-    cell: _Cell
+    cell: Cell
     reverse: bool = False
     return_carry: bool = False
     name: str | None = None
@@ -386,7 +226,10 @@ class Recurrent(_SequenceLayer):
         return (self.cell,)
 
     def _where(self, path: Path) -> str:
-        return f"recurrent({type(self.cell).__name__}) at {path_str(path)}"
+        return f"recurrent({type(self.cell).__name__}) at {describe(path)}"
+
+    def _carry_slot(self, dtype: Any, batch: int) -> Carry:
+        return self.cell.initial_carry(batch, dtype or self.cell.dtype or self.cell.param_dtype)
 
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
@@ -402,21 +245,27 @@ class Recurrent(_SequenceLayer):
         return _scan(self.cell, params, x, lengths, carry, self.reverse, ctx, path)
 
 
-def recurrent(cell: _Cell, *, reverse: bool = False, return_carry: bool = False) -> Recurrent:
+def recurrent(cell: Cell, *, reverse: bool = False, return_carry: bool = False) -> Recurrent:
     """Run ``cell`` over the time axis of ``(batch, time, features)`` with `jax.lax.scan`.
 
     Compile time does not depend on the length. ``apply(params, x)`` gives the outputs
-    ``(batch, time, hidden)``; ``apply(params, x, initial_carry=c)`` starts from ``c``
-    (default zeros); ``apply(params, x, lengths=l)``, ``l`` of shape ``(batch,)``, treats
-    steps ``t >= l[b]`` as padding: they change no carry, their outputs are 0, and the
-    final carry is the one after step ``l[b] - 1``.
+    ``(batch, time, hidden)``, starting from the zero carry.
 
-    Inside `serial`, give the input as the pair ``(x, lengths)``: the layer then outputs
-    ``(y, lengths)``, so the next recurrent layer gets the lengths too; end the stack with
-    ``nn.elementwise(lambda pair: pair[0])`` to keep ``y`` alone. With ``reverse=True``
-    each sequence is read backwards within its own length (as ``torch.nn.LSTM`` reads a
-    packed sequence) and outputs stay aligned to their input steps. With
-    ``return_carry=True`` the output is ``(carry, y)`` (or ``(carry, (y, lengths))``).
+    The carry is state (the calling convention of every layer): ``y, state =
+    layer.apply(params, x, state=layer.init_carry(batch))`` starts from the carry in
+    ``state["carry"]`` (``init_carry`` makes zeros; put any carry there) and returns the
+    final carry in the same place, so a long sequence can be run in pieces. Inside a model
+    the slot sits at the layer's key, as ``model.init_carry(batch)`` lays it out.
+
+    Lengths are data: the input ``(x, lengths)``, ``lengths`` of shape ``(batch,)``, gives
+    the output ``(y, lengths)`` (so in `serial` the next recurrent layer gets them too);
+    steps ``t >= lengths[b]`` are padding: they change no carry, their outputs are 0, and
+    the final carry is the one after step ``lengths[b] - 1``. With ``reverse=True`` each
+    sequence is read backwards within its own length (as ``torch.nn.LSTM`` reads a packed
+    sequence) and outputs stay aligned to their input steps.
+
+    ``return_carry=True`` (output ``(carry, y)``) and ``apply``'s ``initial_carry=`` and
+    ``lengths=`` keywords are deprecated spellings of the state slot and the pair.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -426,10 +275,16 @@ def recurrent(cell: _Cell, *, reverse: bool = False, return_carry: bool = False)
       >>> params = lstm.init(jax.random.key(0), x)
       >>> lstm.apply(params, x).shape
       (2, 5, 8)
-      >>> y = lstm.apply(params, x, lengths=jnp.array([5, 2]))
+      >>> y, lengths = lstm.apply(params, (x, jnp.array([5, 2])))
       >>> bool((y[1, 2:] == 0).all())
       True
+      >>> y, state = lstm.apply(params, x, state=lstm.init_carry(2))
+      >>> h, c = state["carry"]
+      >>> h.shape
+      (2, 8)
     """
+    if return_carry:
+        _warn_return_carry("recurrent")
     return Recurrent(_as_cell(cell, "recurrent"), reverse, return_carry)
 
 
@@ -437,8 +292,8 @@ def recurrent(cell: _Cell, *, reverse: bool = False, return_carry: bool = False)
 class Bidirectional(_SequenceLayer):
     """Two cells, one read forwards and one backwards, outputs concatenated; made by `bidirectional`."""
 
-    forward: _Cell
-    backward: _Cell
+    forward: Cell
+    backward: Cell
     return_carry: bool = False
     name: str | None = None
     kind = "bidirectional"
@@ -448,7 +303,13 @@ class Bidirectional(_SequenceLayer):
 
     def _where(self, path: Path) -> str:
         cells = f"{type(self.forward).__name__}, {type(self.backward).__name__}"
-        return f"bidirectional({cells}) at {path_str(path)}"
+        return f"bidirectional({cells}) at {describe(path)}"
+
+    def _carry_slot(self, dtype: Any, batch: int) -> Carry:
+        return tuple(
+            c.initial_carry(batch, dtype or c.dtype or c.param_dtype)
+            for c in (self.forward, self.backward)
+        )
 
     def _init(
         self, key: Array, x: Any, path: Path, shared: dict[str, Any]
@@ -471,8 +332,8 @@ class Bidirectional(_SequenceLayer):
             )
         if carry is not None and not (isinstance(carry, (tuple, list)) and len(carry) == 2):
             raise InputTypeError(
-                f"{self._where(path)}: initial_carry must be a pair (forward's carry, backward's "
-                f"carry); got {type(carry).__name__}"
+                f"{self._where(path)}: its carry must be a pair (forward's carry, backward's "
+                f"carry), as init_carry makes it; got {type(carry).__name__}"
             )
         cf, cb = (None, None) if carry is None else carry
         cf, yf = _scan(
@@ -490,9 +351,9 @@ def bidirectional(forward: Any, backward: Any, *, return_carry: bool = False) ->
     ``forward`` and ``backward`` are cells (or `recurrent` layers, whose cells are used);
     the backward cell reads each sequence from its last true step to its first, and its
     outputs are aligned to their input steps, as in ``torch.nn.LSTM(bidirectional=True)``.
-    Parameters are ``{"forward": ..., "backward": ...}``. Inputs, ``lengths`` and
-    ``initial_carry`` (a pair: forward's, backward's) as `recurrent`; the carry is the pair
-    of final carries.
+    Parameters are ``{"forward": ..., "backward": ...}``. Inputs ``x`` or ``(x, lengths)``
+    as `recurrent`; the state slot ``{"carry": (forward's carry, backward's carry)}``
+    (from `init_carry`) starts both and receives both final carries.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -502,6 +363,8 @@ def bidirectional(forward: Any, backward: Any, *, return_carry: bool = False) ->
       >>> bi.apply(bi.init(jax.random.key(0), x), x).shape
       (2, 5, 8)
     """
+    if return_carry:
+        _warn_return_carry("bidirectional")
     return Bidirectional(
         _as_cell(forward, "bidirectional"), _as_cell(backward, "bidirectional"), return_carry
     )

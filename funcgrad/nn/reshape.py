@@ -11,7 +11,8 @@ import math
 import jax.numpy as jnp
 
 from funcgrad.errors import ShapeError
-from funcgrad.nn.layer import Array, Context, ParamLayer, Params, Path, Spec, path_str, require_rank
+from funcgrad.nn.layer import Array, Context, ParamLayer, Params, Path, Spec, require_rank
+from funcgrad.paths import describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Reshape(ParamLayer):
         fits = size % known == 0 if -1 in self.shape else size == known
         if list(self.shape).count(-1) > 1 or not fits:
             raise ShapeError(
-                f"Reshape at {path_str(path)}: cannot reshape per-example shape "
+                f"Reshape at {describe(path)}: cannot reshape per-example shape "
                 f"{tuple(x.shape[1:])} ({size} values) to {tuple(self.shape)}"
             )
 

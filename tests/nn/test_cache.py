@@ -22,7 +22,7 @@ def decode(model, params, x, chunks, **cache_kw):
     """Run ``x`` through ``model`` in pieces of the given lengths with a cache; outputs joined."""
     cache = model.init_cache(x.shape[0], x.shape[1] + 2, **cache_kw)
     ys, t = [], 0
-    step = jax.jit(lambda p, c, x, t: model.apply(p, x, cache=c, position=t))
+    step = jax.jit(lambda p, c, x, t: model.apply(p, x, state=c, position=t))
     for n in chunks:
         y, cache = step(params, cache, x[:, t : t + n], t)
         ys.append(y)
@@ -98,11 +98,20 @@ def test_state_and_cache_travel_together():
     model = nn.serial(nn.Dense(D), nn.BatchNorm(), attn())
     x = jax.random.normal(jax.random.key(0), (2, 3, 4), jnp.float64)
     params, state = model.init_with_state(jax.random.key(1), x)
-    cache = model.init_cache(2, 3, features=D, dtype=jnp.float64)
-    y, new_state, new_cache = model.apply(params, x, state=state, cache=cache, position=0)
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    assert jax.tree.structure(new_cache) == jax.tree.structure(cache)
+    both = model.init_cache(2, 3, params=params, dtype=jnp.float64, state=state)
+    assert set(both) == {"batch_norm_1", "attention_2"}
+    y, new_both = model.apply(params, x, state=both, position=0)
+    assert jax.tree.structure(new_both) == jax.tree.structure(both)
     np.testing.assert_allclose(y, model.apply(params, x, state=state)[0], rtol=1e-6)
+
+
+def test_init_cache_on_a_state_that_has_a_cache_starts_a_fresh_one():
+    model = nn.serial(nn.Dense(D), attn())
+    x = jnp.ones((1, 2, 3))
+    params = model.init(jax.random.key(0), x)
+    _, used = model.apply(params, x, state=model.init_cache(1, 4, params=params), position=0)
+    fresh = model.init_cache(1, 4, params=params, state=used)
+    assert not any(bool(a.any()) for a in jax.tree.leaves(fresh))
 
 
 def test_model_without_attention_has_an_empty_cache():
@@ -110,25 +119,91 @@ def test_model_without_attention_has_an_empty_cache():
     assert model.init_cache(1, 4) == {}
     x = jnp.ones((1, 2, 3))
     params = model.init(jax.random.key(0), x)
-    y, cache = model.apply(params, x, cache={}, position=0)
-    assert cache == {} and y.shape == (1, 2, 3)
+    y, state = model.apply(params, x, state={}, position=0)
+    assert state == {} and y.shape == (1, 2, 3)
+
+
+def test_init_cache_reads_the_widths_from_params():
+    layer = attn(num_kv_heads=2)
+    x = jnp.ones((1, 2, 12))
+    params = layer.init(jax.random.key(0), x)
+    cache = layer.init_cache(1, 5, params=params)
+    assert cache["k"].shape == (1, 5, 2, 3)
+    tied = nn.shared(attn(), name="tied")
+    model = nn.serial(nn.Dense(D), nn.repeat(nn.residual(attn()), 2), tied, tied)
+    params = model.init(jax.random.key(0), x)
+    shapes = jax.tree.map(jnp.shape, model.init_cache(1, 5, params=params))
+    assert shapes["repeat_1"]["attention_0"]["k"] == (2, 1, 5, 4, 2)
+    assert shapes["shared_2"]["k"] == shapes["shared_3"]["v"] == (1, 5, 4, 2)
+
+
+def test_the_old_cache_keyword_still_works_with_a_warning():
+    model = nn.serial(nn.Dense(D), nn.BatchNorm(), attn())
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4), jnp.float64)
+    params, state = model.init_with_state(jax.random.key(1), x)
+    cache = model.init_cache(2, 3, params=params, dtype=jnp.float64)
+    with pytest.deprecated_call(match=r"state=cache, position=p"):
+        y, new_state, new_cache = model.apply(params, x, state=state, cache=cache, position=0)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert jax.tree.structure(new_cache) == jax.tree.structure(cache)
+    both = model.init_cache(2, 3, params=params, dtype=jnp.float64, state=state)
+    np.testing.assert_allclose(model.apply(params, x, state=both, position=0)[0], y)
+    plain = nn.serial(nn.Dense(D), attn())
+    params = plain.init(jax.random.key(1), x)
+    with pytest.deprecated_call():
+        y, new_cache = plain.apply(params, x, cache=plain.init_cache(2, 3, features=D), position=0)
+    assert set(new_cache) == {"attention_1"} and y.shape == (2, 3, D)
+
+
+@pytest.mark.parametrize("position, tokens", [(6, 4), (0, 12), (8, 1), (-1, 1)])
+def test_cache_overflow_is_an_error_naming_length_position_and_tokens(position, tokens):
+    layer = attn()
+    x = jnp.ones((1, tokens, D))
+    params = layer.init(jax.random.key(0), x)
+    cache = layer.init_cache(1, 8, params=params)
+    with pytest.raises(errors.ShapeError, match=rf"{tokens} token.*length 8") as info:
+        layer.apply(params, x, state=cache, position=position)
+    assert str(position) in str(info.value)
+    with pytest.raises(errors.ShapeError, match=r"length 8"):  # a concrete array position too
+        layer.apply(params, x, state=cache, position=jnp.asarray(position))
+
+
+def test_cache_overflow_under_jit_is_caught_when_the_tokens_alone_overflow():
+    layer = attn()
+    x = jnp.ones((1, 12, D))
+    params = layer.init(jax.random.key(0), x)
+    step = jax.jit(lambda p, c, v, t: layer.apply(p, v, state=c, position=t))
+    with pytest.raises(errors.ShapeError, match=r"12 tokens do not fit.*length 8"):
+        step(params, layer.init_cache(1, 8, params=params), x, 0)
+
+
+def test_a_full_cache_still_decodes_its_last_position():
+    layer = attn()
+    x = jax.random.normal(jax.random.key(0), (1, 8, D))
+    params = layer.init(jax.random.key(0), x)
+    y, _ = layer.apply(params, x, state=layer.init_cache(1, 8, params=params), position=0)
+    np.testing.assert_allclose(y, layer.apply(params, x), rtol=1e-5, atol=1e-6)
 
 
 def test_cache_errors_are_clear():
-    with pytest.raises(errors.ConfigError, match="qkv_features or init_cache.*features=d"):
+    with pytest.raises(errors.ConfigError, match="params=params.*features=d"):
         nn.serial(attn()).init_cache(1, 4)
     made = attn(qkv_features=8).init_cache(1, 4)["k"]  # the layer's param_dtype by default
     assert made.shape == (1, 4, 4, 2) and made.dtype == jnp.float32
     layer = attn()
     x = jnp.ones((1, 2, D))
     params = layer.init(jax.random.key(0), x)
-    with pytest.raises(errors.InputTypeError, match="cache= and position= together"):
-        layer.apply(params, x, cache=layer.init_cache(1, 4, features=D))
-    with pytest.raises(errors.ConfigError, match=r"expected its cache \{'k', 'v'\}"):
+    with pytest.raises(errors.InputTypeError, match="position= decodes.*state=model.init_cache"):
+        layer.apply(params, x, position=0)
+    with pytest.raises(errors.ConfigError, match=r"holds a key/value cache.*position=p"):
+        layer.apply(params, x, state=layer.init_cache(1, 4, params=params))
+    with pytest.raises(errors.ConfigError, match=r"its state must be \{'k', 'v'\}"):
         nn.serial(layer).apply(
-            {"attention_0": params}, x, cache={"attention_0": {"a": x}}, position=0
+            {"attention_0": params}, x, state={"attention_0": {"a": x}}, position=0
         )
+    with pytest.raises(errors.ConfigError, match=r"attention_0: position= decodes.*got \[\]"):
+        nn.serial(layer).apply({"attention_0": params}, x, state={}, position=0)
     with pytest.raises(errors.ShapeError, match="does not fit this step"):
-        layer.apply(params, x, cache=layer.init_cache(3, 4, features=D), position=0)
+        layer.apply(params, x, state=layer.init_cache(3, 4, features=D), position=0)
     with pytest.raises(errors.InputTypeError, match="max_length must be a positive int"):
         layer.init_cache(1, 0, features=D)

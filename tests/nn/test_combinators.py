@@ -25,10 +25,10 @@ def test_missing_and_extra_keys_are_named():
     params = model.init(KEY, jnp.zeros((1, 3)))
     with pytest.raises(errors.ParamsError, match=r"unexpected parameter key\(s\) \['dense_9'\]"):
         model.apply({**params, "dense_9": {}}, jnp.zeros((1, 3)))
-    with pytest.raises(errors.ParamsError, match=r"params\['dense_1'\].*missing \['b', 'w'\]"):
+    with pytest.raises(errors.ParamsError, match=r"Dense at dense_1: .*missing \['b', 'w'\]"):
         model.apply({"dense_0": params["dense_0"]}, jnp.zeros((1, 3)))
     broken = {**params, "dense_0": {"w": params["dense_0"]["w"]}}
-    with pytest.raises(errors.ParamsError, match=r"params\['dense_0'\].*missing \['b'\]"):
+    with pytest.raises(errors.ParamsError, match=r"Dense at dense_0: .*missing \['b'\]"):
         model.apply(broken, jnp.zeros((1, 3)))
 
 
@@ -74,7 +74,7 @@ def test_remat_gives_the_same_gradients(remat_repeat):
     if remat_repeat:
         stacked = jax.tree.map(lambda p: p[None], params)
         a = jax.grad(lambda p: nn.repeat(plain, 1).apply(p, x).sum())(stacked)
-        b = jax.grad(lambda p: nn.repeat(plain, 1, remat=True).apply(p, x).sum())(stacked)
+        b = jax.grad(lambda p: nn.repeat(nn.remat(plain), 1).apply(p, x).sum())(stacked)
     else:
         a = jax.grad(lambda p: plain.apply(p, x).sum())(params)
         b = jax.grad(lambda p: nn.remat(plain).apply(p, x).sum())(params)
@@ -130,3 +130,16 @@ def test_batchnorm_state_threads_through_repeat():
     assert state["batch_norm_1"]["mean"].shape == (2, 3)
     _, new_state = model.apply(params, x, state=state, train=True)
     assert not np.allclose(new_state["batch_norm_1"]["mean"], 0)
+
+
+def test_remat_is_asked_for_one_way_and_the_others_warn():
+    x = jnp.ones((2, 4))
+    block = nn.serial(nn.Dense(4), nn.tanh)
+    with pytest.deprecated_call(match=r"repeat\(nn.remat\(layer\), n\)"):
+        old = nn.repeat(block, 2, remat=True)
+    assert old == nn.repeat(nn.remat(block), 2)
+    with pytest.deprecated_call(match=r"nn.remat\(layer\) for layer in layers"):
+        old = nn.serial(block, nn.relu, remat=True)
+    assert old == nn.serial(nn.remat(block), nn.remat(nn.relu))
+    params = old.init(KEY, x)
+    assert sorted(params) == ["serial_0"]

@@ -48,9 +48,7 @@ def test_conv_transpose_is_the_adjoint_of_a_strided_conv():
 
 def test_conv_wrong_rank_names_the_layer():
     model = nn.serial(nn.Dense(3), nn.Conv(4, (3, 3)))
-    with pytest.raises(
-        errors.ShapeError, match=r"Conv at params\['conv_1'\].*rank 4.*\(28, 28, 3\)"
-    ):
+    with pytest.raises(errors.ShapeError, match=r"Conv at conv_1: .*rank 4.*\(28, 28, 3\)"):
         model.init(jax.random.key(0), jnp.zeros((28, 28, 1)))
 
 
@@ -62,3 +60,24 @@ def test_conv_groups_must_divide_channels():
 def test_conv_bad_padding_string():
     with pytest.raises(errors.ConfigError, match="padding"):
         nn.Conv(4, (3,), padding="FULL").init(jax.random.key(0), jnp.zeros((1, 5, 3)))
+
+
+@pytest.mark.parametrize("layer", [nn.Conv(8, (3, 3)), nn.ConvTranspose(8, (3, 3))])
+def test_a_channels_first_input_is_named_as_such(layer):
+    nhwc = jnp.zeros((2, 28, 28, 3))
+    params = layer.init(jax.random.key(0), nhwc)
+    nchw = jnp.zeros((2, 3, 28, 28))
+    with pytest.raises(
+        errors.ShapeError, match=r"channels-last \(N, H, W, C\).*transpose\(0, 2, 3, 1\)"
+    ):
+        layer.apply(params, nchw)
+    with pytest.raises(errors.ShapeError, match=r"at conv_0: .*3 input channels.*axis 1"):
+        nn.serial(nn.Conv(8, (3, 3))).apply({"conv_0": params}, nchw)
+
+
+def test_a_wrong_channel_count_elsewhere_gets_no_channel_order_hint():
+    layer = nn.Conv(8, (3, 3))
+    params = layer.init(jax.random.key(0), jnp.zeros((2, 28, 28, 3)))
+    with pytest.raises(errors.ParamsError) as info:
+        layer.apply(params, jnp.zeros((2, 28, 28, 4)))
+    assert "channels-last" not in str(info.value)

@@ -21,7 +21,7 @@ def test_dense_default_init_is_lecun_normal():
 def test_dense_made_for_784_features_refuses_100():
     model = nn.serial(nn.Dense(64))
     params = model.init(jax.random.key(0), jnp.zeros((1, 784)))
-    with pytest.raises(errors.ParamsError, match=r"params\['dense_0'\].*\(100, 64\).*\(784, 64\)"):
+    with pytest.raises(errors.ParamsError, match=r"Dense at dense_0: .*\(100, 64\).*\(784, 64\)"):
         model.apply(params, jnp.zeros((8, 100)))
 
 

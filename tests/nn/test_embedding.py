@@ -37,7 +37,7 @@ def test_out_of_range_concrete_ids_are_a_clear_error(ids, mode):
     # Before: ids >= 4 gave NaN rows and -1 wrapped to the last row, silently.
     emb = nn.Embedding(4, 3, mode=mode)
     bad = [i for i in ids if not 0 <= i < 4]
-    pattern = rf"Embedding at params: ids must lie in \[0, 4\).*{min(bad)}.*{max(bad)}"
+    pattern = rf"Embedding at \(top\): ids must lie in \[0, 4\).*{min(bad)}.*{max(bad)}"
     with pytest.raises(errors.IdRangeError, match=pattern):
         emb.apply({"embedding": TABLE}, jnp.array(ids))
     with pytest.raises(errors.IdRangeError, match="vocabulary of 4"):

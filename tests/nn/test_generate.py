@@ -35,11 +35,11 @@ def test_cached_logits_equal_the_full_forward(model_params):
     model, params, _ = model_params
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
     want = model.apply(params, tokens)
-    cache = model.init_cache(2, 7, features=D, dtype=jnp.float64)
-    got, cache = model.apply(params, tokens[:, :3], cache=cache, position=0)
+    state = model.init_cache(2, 7, params=params, dtype=jnp.float64)
+    got, state = model.apply(params, tokens[:, :3], state=state, position=0)
     steps = [got]
     for t in range(3, 7):
-        logits, cache = model.apply(params, tokens[:, t : t + 1], cache=cache, position=t)
+        logits, state = model.apply(params, tokens[:, t : t + 1], state=state, position=t)
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), want, rtol=1e-10, atol=1e-10)
 
@@ -99,6 +99,42 @@ def test_bad_arguments_are_named(model_params):
         nn.generate(model, params, prompt, 2, key=key, top_k=0, features=D)
 
 
+def test_generate_reads_the_widths_from_params():
+    model = nn.serial(
+        nn.Embedding(VOCAB, D), nn.MultiHeadAttention(2, causal=True), nn.Dense(VOCAB)
+    )
+    prompt = jnp.array([[1, 2, 3]])
+    params = model.init(jax.random.key(0), prompt)
+    out = nn.generate(model, params, prompt, 4, key=jax.random.key(1), temperature=0)
+    np.testing.assert_array_equal(out, greedy_by_recompute(model, params, prompt, 4))
+
+
+def test_generate_refuses_more_tokens_than_max_length_before_it_starts(model_params):
+    model, params, prompt = model_params
+    with pytest.raises(errors.ConfigError, match=r"3 tokens plus max_new_tokens=6.*max_length=8"):
+        nn.generate(model, params, prompt, 6, key=jax.random.key(0), max_length=8)
+    out = nn.generate(model, params, prompt, 5, key=jax.random.key(0), max_length=8)
+    assert out.shape == (2, 8)
+
+
+def test_generate_keeps_the_model_state():
+    model = nn.serial(
+        nn.Embedding(VOCAB, D),
+        nn.BatchNorm(),
+        nn.MultiHeadAttention(2, causal=True),
+        nn.Dense(VOCAB),
+    )
+    prompt = jnp.array([[1, 2, 3]])
+    params, state = model.init_with_state(jax.random.key(0), prompt)
+    state = jax.tree.map(lambda a: a + 0.5, state)
+    out = nn.generate(model, params, prompt, 3, key=jax.random.key(1), temperature=0, state=state)
+    tokens = prompt
+    for _ in range(3):
+        logits, _ = model.apply(params, tokens, state=state)
+        tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
+    np.testing.assert_array_equal(out, tokens)
+
+
 def test_the_decoding_benchmark_compares_like_with_like():
     """scripts/bench_decode.py's cached and recomputing decoders produce the same tokens."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -107,8 +143,8 @@ def test_the_decoding_benchmark_compares_like_with_like():
     model = bench.transformer(layers=2, d=D, heads=2, vocab=VOCAB)
     tokens = jax.random.randint(jax.random.key(0), (1, 12), 0, VOCAB)
     params = model.init(jax.random.key(1), tokens)
-    cache = model.init_cache(1, 12, features=D)
-    logits, cache = model.apply(params, tokens[:, :8], cache=cache, position=0)
+    cache = model.init_cache(1, 12, params=params)
+    logits, cache = model.apply(params, tokens[:, :8], state=cache, position=0)
     first = jnp.argmax(logits[:, -1], axis=-1)
     fast = bench.cached(model, 3)(params, cache, first, jnp.asarray(8))
     slow = bench.recompute(model, 3)(params, tokens.at[:, 8].set(first), jnp.asarray(9))

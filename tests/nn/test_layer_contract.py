@@ -180,3 +180,16 @@ def test_mixed_precision_wraps_every_layer(name):
     reference = layer.apply(params, x32)
     scale = float(jnp.max(jnp.abs(reference))) + 1.0
     np.testing.assert_allclose(y, reference, rtol=0.05, atol=0.05 * scale)  # bf16: ~3 digits
+
+
+def test_the_compiled_init_cache_is_bounded(monkeypatch):
+    from funcgrad.nn import compiled_init as layer_module
+
+    monkeypatch.setattr(layer_module, "INIT_CACHE_SIZE", 2)
+    x = jnp.zeros((1, 3))
+    for width in (101, 102, 103, 104):
+        nn.Dense(width).init(jax.random.key(0), x)
+        assert len(layer_module._INIT_CACHE) <= 2
+    assert (nn.Dense(104), jax.ShapeDtypeStruct((1, 3), x.dtype)) == next(
+        reversed(layer_module._INIT_CACHE)
+    )[:2]

@@ -93,11 +93,13 @@ def run_by_hand(cell, params, x, carry=None):
 
 def test_recurrent_equals_a_python_loop_over_steps_and_returns_the_carry():
     cell = nn.LSTMCell(3)
-    layer = nn.recurrent(cell, return_carry=True)
+    layer = nn.recurrent(cell)
     x = normal(2, 5, 4)
     params = init64(layer, x)
-    start = jax.tree.map(lambda c: c + 0.5, cell.initial_carry(2, jnp.float64))
-    carry, y = layer.apply(params, x, initial_carry=start)
+    start = jax.tree.map(lambda c: c + 0.5, layer.init_carry(2, dtype=jnp.float64))
+    y, state = layer.apply(params, x, state=start)
+    carry = state["carry"]
+    start = start["carry"]
     carry_loop, y_loop = run_by_hand(cell, params, x, start)
     np.testing.assert_allclose(y, y_loop, rtol=1e-12)
     for a, b in zip(carry, carry_loop, strict=True):
@@ -116,16 +118,21 @@ def test_reverse_reads_the_sequence_backwards_and_keeps_outputs_aligned():
 @pytest.mark.parametrize("reverse", [False, True])
 def test_padding_steps_change_nothing_and_output_zero(reverse):
     cell = nn.LSTMCell(3)
-    layer = nn.recurrent(cell, reverse=reverse, return_carry=True)
+    layer = nn.recurrent(cell, reverse=reverse)
     x = normal(3, 6, 2)
     lengths = jnp.array([6, 2, 4])
     params = init64(layer, x)
-    carry, y = layer.apply(
-        params, x + 100 * (jnp.arange(6)[None, :, None] >= lengths[:, None, None]), lengths=lengths
+    padded = x + 100 * (jnp.arange(6)[None, :, None] >= lengths[:, None, None])
+    (y, same), state = layer.apply(
+        params, (padded, lengths), state=layer.init_carry(3, dtype=jnp.float64)
     )
+    assert same is lengths or bool((same == lengths).all())
+    carry = state["carry"]
     for b, n in enumerate(lengths.tolist()):
-        one = nn.recurrent(cell, reverse=reverse, return_carry=True)
-        c_b, y_b = one.apply(params, x[b : b + 1, :n])
+        y_b, s_b = layer.apply(
+            params, x[b : b + 1, :n], state=layer.init_carry(1, dtype=jnp.float64)
+        )
+        c_b = s_b["carry"]
         np.testing.assert_allclose(y[b, :n], y_b[0], rtol=1e-12)
         np.testing.assert_array_equal(y[b, n:], 0.0)
         for a, e in zip(carry, c_b, strict=True):
@@ -152,14 +159,19 @@ def test_pair_input_passes_lengths_through_serial():
 
 def test_bidirectional_concatenates_a_forward_and_a_reversed_pass():
     fwd, bwd = nn.LSTMCell(3), nn.GRUCell(2)
-    bi = nn.bidirectional(fwd, bwd, return_carry=True)
+    bi = nn.bidirectional(fwd, bwd)
     x, lengths = normal(2, 5, 4), jnp.array([5, 3])
     params = init64(bi, x)
-    (cf, cb), y = bi.apply(params, x, lengths=lengths)
-    cf1, yf = nn.recurrent(fwd, return_carry=True).apply(params["forward"], x, lengths=lengths)
-    cb1, yb = nn.recurrent(bwd, reverse=True, return_carry=True).apply(
-        params["backward"], x, lengths=lengths
+    (y, _), state = bi.apply(params, (x, lengths), state=bi.init_carry(2, dtype=jnp.float64))
+    cf, cb = state["carry"]
+    forward, backward = nn.recurrent(fwd), nn.recurrent(bwd, reverse=True)
+    (yf, _), sf = forward.apply(
+        params["forward"], (x, lengths), state=forward.init_carry(2, dtype=jnp.float64)
     )
+    (yb, _), sb = backward.apply(
+        params["backward"], (x, lengths), state=backward.init_carry(2, dtype=jnp.float64)
+    )
+    cf1, cb1 = sf["carry"], sb["carry"]
     np.testing.assert_allclose(y, jnp.concatenate([yf, yb], -1), rtol=1e-12)
     np.testing.assert_allclose(cb, cb1, rtol=1e-12)
     np.testing.assert_allclose(cf[0], cf1[0], rtol=1e-12)
@@ -171,7 +183,7 @@ def test_recurrent_gradients_with_lengths_match_finite_differences():
     params = init64(layer, x)
     w = normal(2, 4, 2, seed=7)
     # Jitted once, so the finite differences do not retrace the scans at every evaluation.
-    f = jax.jit(lambda p, v: jnp.sum(w * layer.apply(p, v, lengths=lengths)))
+    f = jax.jit(lambda p, v: jnp.sum(w * layer.apply(p, (v, lengths))[0]))
     fg.testing.check_grads(f, (params, x))
 
 
@@ -185,13 +197,59 @@ def test_stacking_in_serial_is_two_scans_of_recurrent():
     )
 
 
-def test_float32_sequence_stays_float32_and_carry_is_cast():
-    layer = nn.recurrent(nn.LSTMCell(3), return_carry=True)
+def test_float32_sequence_stays_float32_and_the_carry_keeps_its_dtype():
+    layer = nn.recurrent(nn.LSTMCell(3))
     x = jnp.ones((2, 4, 3), jnp.float32)
     params = layer.init(KEY, x)
-    start = nn.LSTMCell(3).initial_carry(2, jnp.float64)
-    (h, c), y = layer.apply(params, x, initial_carry=start)
-    assert y.dtype == h.dtype == c.dtype == jnp.float32
+    y, state = layer.apply(params, x, state=layer.init_carry(2, dtype=jnp.float64))
+    h, c = state["carry"]
+    assert y.dtype == jnp.float32 and h.dtype == c.dtype == jnp.float64
+    assert layer.init_carry(2)["carry"][0].dtype == jnp.float32  # the cell's param_dtype
+
+
+def test_a_sequence_in_pieces_equals_the_whole_through_the_carry():
+    model = nn.serial(nn.Dense(3), nn.recurrent(nn.LSTMCell(4)), nn.Dense(2))
+    x = normal(2, 6, 3)
+    params = init64(model, x)
+    state = model.init_carry(2, dtype=jnp.float64)
+    assert sorted(state) == ["recurrent_1"]
+    first, state = model.apply(params, x[:, :4], state=state)
+    second, state = model.apply(params, x[:, 4:], state=state)
+    whole = model.apply(params, x)
+    np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, rtol=1e-12)
+
+
+def test_init_carry_merges_into_a_model_state():
+    model = nn.serial(nn.recurrent(nn.GRUCell(4)), nn.BatchNorm())
+    x = normal(2, 5, 3)
+    params, bn = model.init_with_state(KEY, x)
+    state = model.init_carry(2, state=bn)
+    assert sorted(state) == ["batch_norm_1", "recurrent_0"]
+    _, new = model.apply(params, x, state=state, train=True)
+    assert jax.tree.structure(new) == jax.tree.structure(state)
+
+
+def test_the_old_carry_spellings_still_work_with_a_warning():
+    cell = nn.LSTMCell(3)
+    x, lengths = normal(2, 5, 4), jnp.array([5, 3])
+    with pytest.deprecated_call(match=r"init_carry"):
+        old = nn.recurrent(cell, return_carry=True)
+    params = init64(old, x)
+    start = cell.initial_carry(2, jnp.float64)
+    with pytest.deprecated_call(match=r"state=\{'carry': c\}"):
+        carry, y = old.apply(params, x, initial_carry=start)
+    with pytest.deprecated_call(match=r"lengths are data"):
+        _, y_l = old.apply(params, x, lengths=lengths)
+    new = nn.recurrent(cell)
+    y_new, state = new.apply(params, x, state={"carry": start})
+    np.testing.assert_allclose(y, y_new)
+    np.testing.assert_allclose(carry[0], state["carry"][0])
+    (y_pair, _), state = new.apply(params, (x, lengths), state=new.init_carry(2))
+    np.testing.assert_allclose(y_l, y_pair)
+    with pytest.deprecated_call():
+        np.testing.assert_allclose(new.apply(params, x, lengths=lengths), y_pair)
+    with pytest.deprecated_call():
+        nn.bidirectional(cell, cell, return_carry=True)
 
 
 def test_bad_inputs_name_the_layer():
@@ -201,13 +259,19 @@ def test_bad_inputs_name_the_layer():
     with pytest.raises(errors.ShapeError, match=r"recurrent\(LSTMCell\).*rank 3"):
         layer.apply(params, jnp.ones((2, 3)))
     with pytest.raises(errors.ShapeError, match=r"lengths should have shape \(batch,\) = \(2,\)"):
-        layer.apply(params, x, lengths=jnp.array([1, 2, 3]))
+        layer.apply(params, (x, jnp.array([1, 2, 3])))
     with pytest.raises(errors.DTypeError, match="lengths must be integers"):
-        layer.apply(params, x, lengths=jnp.array([1.0, 2.0]))
-    with pytest.raises(errors.ShapeError, match=r"LSTMCell at params: expected a carry like"):
-        layer.apply(params, x, initial_carry=jnp.zeros((2, 3)))
+        layer.apply(params, (x, jnp.array([1.0, 2.0])))
+    with pytest.raises(errors.ShapeError, match=r"LSTMCell at \(top\): expected a carry like"):
+        layer.apply(params, x, state={"carry": jnp.zeros((2, 3))})
+    with pytest.raises(errors.ParamsError, match=r"its state is \{\} or \{'carry': c\}"):
+        layer.apply(params, x, state={"h": jnp.zeros((2, 3))})
     with pytest.raises(errors.InputTypeError, match="not both"):
         layer.apply(params, (x, jnp.array([1, 2])), lengths=jnp.array([1, 2]))
+    with pytest.raises(
+        errors.InputTypeError, match=r"unexpected keyword argument\(s\) \['lenghts'\]"
+    ):
+        layer.apply(params, x, lenghts=jnp.array([1, 2]))
     with pytest.raises(errors.ConfigError, match="LSTMCell: hidden must be a positive int"):
         nn.LSTMCell(0)
     with pytest.raises(errors.InputTypeError, match="bidirectional: expected a recurrent cell"):
@@ -215,5 +279,5 @@ def test_bad_inputs_name_the_layer():
     bi = nn.bidirectional(nn.GRUCell(3), nn.GRUCell(3))
     with pytest.raises(errors.ParamsError, match=r"bidirectional\(GRUCell, GRUCell\).*forward"):
         bi.apply({"forward": {}}, x)
-    with pytest.raises(errors.InputTypeError, match=r"initial_carry must be a pair"):
-        bi.apply(bi.init(KEY, x), x, initial_carry=jnp.zeros((2, 3)))
+    with pytest.raises(errors.InputTypeError, match=r"its carry must be a pair"):
+        bi.apply(bi.init(KEY, x), x, state={"carry": jnp.zeros((2, 3))})

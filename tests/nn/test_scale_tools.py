@@ -11,8 +11,11 @@ from funcgrad import inspect, nn
 from funcgrad.errors import ConfigError, DTypeError, ShapeError
 
 
-def mlp(depth, **kwargs):
-    return nn.serial(*[nn.serial(nn.Dense(64), nn.tanh) for _ in range(depth)], **kwargs)
+def mlp(depth, remat=False, old_remat=False):
+    layers = [nn.serial(nn.Dense(64), nn.tanh) for _ in range(depth)]
+    if remat is not False:  # the one way: each layer a rematerialised segment
+        layers = [nn.remat(layer, None if remat is True else remat) for layer in layers]
+    return nn.serial(*layers, remat=old_remat)
 
 
 def grads_and_temp(model, x):
@@ -25,6 +28,11 @@ def test_serial_remat_keeps_keys_and_gradients():
     x = jax.random.normal(jax.random.key(1), (32, 64))
     plain, g0, _ = grads_and_temp(mlp(4), x)
     rem, g1, _ = grads_and_temp(mlp(4, remat=True), x)
+    with pytest.deprecated_call(match=r"nn.remat\(layer\) for layer in layers"):
+        old = mlp(4, old_remat=True)
+    _, g_old, _ = grads_and_temp(old, x)
+    for a, b in zip(jax.tree.leaves(g_old), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
     assert jax.tree.structure(plain) == jax.tree.structure(rem)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -38,7 +46,10 @@ def test_repeat_with_remat_stores_less_and_computes_the_same():
     x = jax.random.normal(jax.random.key(1), (512, 64), jnp.float32)
     block = nn.serial(nn.Dense(64, dtype=jnp.float32), nn.tanh)
     _, g0, t0 = grads_and_temp(nn.repeat(block, 16), x)
-    _, g1, t1 = grads_and_temp(nn.repeat(block, 16, remat=True), x)
+    _, g1, t1 = grads_and_temp(nn.repeat(nn.remat(block), 16), x)
+    with pytest.deprecated_call(match=r"repeat\(nn.remat\(layer\), n\)"):
+        old = nn.repeat(block, 16, remat=True)
+    assert grads_and_temp(old, x)[2] == t1
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(a, b, **tolerance(jnp.float32, cpu=(1e-5, 1e-6), scale=16))
     # XLA:CPU keeps under half; XLA:GPU's temporaries hold cuBLAS workspaces too (0.56 on an H100).
@@ -214,7 +225,7 @@ def test_repeat_unroll_keeps_parameters_and_numbers(unroll):
 def test_repeat_unroll_with_remat_computes_the_same():
     x = jax.random.normal(jax.random.key(1), (3, 8))
     base = nn.repeat(nn.serial(nn.Dense(8), nn.tanh), 4)
-    rem = nn.repeat(nn.serial(nn.Dense(8), nn.tanh), 4, unroll=2, remat=True)
+    rem = nn.repeat(nn.remat(nn.serial(nn.Dense(8), nn.tanh)), 4, unroll=2)
     params = base.init(jax.random.key(0), x)
     g0 = jax.grad(lambda p: jnp.sum(base.apply(p, x) ** 2))(params)
     g1 = jax.grad(lambda p: jnp.sum(rem.apply(p, x) ** 2))(params)

@@ -120,9 +120,10 @@ def test_final_carry_and_initial_carry_match_torch(kind):
         torch.tensor(x), torch.tensor(lengths), batch_first=True, enforce_sorted=False
     )
     _, final = module(packed, start)
-    layer = nn.recurrent(cell_cls(4), return_carry=True)
+    layer = nn.recurrent(cell_cls(4))
     ours_start = (h0[0], c0[0]) if kind == "lstm" else h0[0]
-    carry, _ = layer.apply(from_torch(module, 0), x, lengths=lengths, initial_carry=ours_start)
+    _, state = layer.apply(from_torch(module, 0), (x, lengths), state={"carry": ours_start})
+    carry = state["carry"]
     theirs = [final[0][0], final[1][0]] if kind == "lstm" else [final[0]]
     for a, b in zip(jax.tree.leaves(carry), theirs, strict=True):
         np.testing.assert_allclose(a, b.detach().numpy(), **TOL)

@@ -1,0 +1,86 @@
+"""Input checks every layer uses: example inputs as specs, PRNG keys, ranks, dtypes, and where in a model.
+
+Each raises a `funcgrad.errors` exception naming the layer by its dotted path before XLA sees anything.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import DTypeError, InputTypeError, ShapeError
+from funcgrad.nn.types import Array, Path, Spec
+from funcgrad.paths import describe
+
+
+def path_str(path: Path) -> str:
+    """``('block_0', 'dense_1')`` as ``block_0.dense_1`` (`funcgrad.paths.describe`)."""
+    return describe(path)
+
+
+def path_key(key: Array, path: Path) -> Array:
+    """Fold a stable hash of ``path`` into ``key`` (crc32, not Python's salted ``hash``)."""
+    return jax.random.fold_in(key, zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)
+
+
+def as_spec(x: Any, where: str) -> Any:
+    """An example input (array or `jax.ShapeDtypeStruct`, or a tuple of them) as ShapeDtypeStructs."""
+    if isinstance(x, (tuple, list)):
+        return tuple(as_spec(a, where) for a in x)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    try:
+        arr = jnp.asarray(x)
+    except TypeError:
+        raise InputTypeError(
+            f"{where}: expected an array or jax.ShapeDtypeStruct as example input; "
+            f"got {type(x).__name__}"
+        ) from None
+    return jax.ShapeDtypeStruct(arr.shape, arr.dtype)
+
+
+def check_key(key: Any, where: str) -> None:
+    """Raise an InputTypeError naming ``where`` unless ``key`` is one PRNG key.
+
+    Example:
+      >>> import jax
+      >>> check_key(jax.random.key(0), "Dropout.apply")  # fine: returns None
+    """
+    if not isinstance(key, jax.Array):
+        raise InputTypeError(
+            f"{where}: expected a PRNG key from jax.random.key; got {type(key).__name__}"
+        )
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed or raw) or (typed and key.shape != ()):
+        raise InputTypeError(
+            f"{where}: expected a single PRNG key (jax.random.key(seed)); got an array of "
+            f"shape {key.shape} and dtype {key.dtype}"
+        )
+
+
+def require_rank(x: Spec, ranks: tuple[int, ...], path: Path, layer: str, layout: str) -> None:
+    """Raise a ShapeError naming the layer unless ``x.ndim`` is one of ``ranks``."""
+    if x.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(
+            f"{layer} at {describe(path)}: expected input of rank {want} {layout}; "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def require_float(x: Spec, path: Path, layer: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise DTypeError(
+            f"{layer} at {describe(path)}: expected a floating-point input; got dtype {x.dtype}"
+        )
+
+
+def compute_dtype(dtype: Any, *arrays: Any) -> Any:
+    """The dtype to compute in: ``dtype`` if given, else the promotion of the arrays."""
+    return jnp.dtype(dtype) if dtype is not None else jnp.result_type(*arrays)
