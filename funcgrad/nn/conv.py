@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcgrad.errors import ConfigError, ShapeError
+from funcgrad.nn.checks import channels_last_hint
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -169,15 +170,11 @@ class Conv(ParamLayer):
         if w is None or jnp.ndim(w) < 3 or len(shape) < 3:
             return
         channels = jnp.shape(w)[-2] * self.groups
-        if shape[-1] != channels and shape[1] == channels:
-            nd = len(shape) - 2
-            order = (0, *range(2, nd + 2), 1)
+        hint = channels_last_hint(shape, channels)
+        if hint:
             raise ShapeError(
                 f"{type(self).__name__} at {describe(path)}: the parameters expect {channels} "
-                f"input channels, which the input of shape {shape} has on axis 1, not on the "
-                "last axis. funcgrad is channels-last (N, H, W, C), as Flax and TensorFlow; a "
-                f"channels-first (N, C, H, W) array from PyTorch needs x.transpose{order} "
-                f"(jnp.moveaxis(x, 1, -1))"
+                f"input channels, which the input has on axis 1, not on the last axis; {hint}"
             )
 
     def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
