@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from funcgrad.errors import DonatedError
+
 
 @functools.partial(
     jax.tree_util.register_dataclass,
@@ -70,10 +72,13 @@ class TrainState:
     ) -> TrainState:
         """A fresh state: ``opt_state`` defaults to ``optimizer.init(params)``; sums of the loss only.
 
-        A step donates the state, ``params`` included; ``key`` is copied, so the caller may
-        go on using it (to order the data, say).
+        ``params``, ``model_state``, ``opt_state`` and ``key`` are copied: a step donates the
+        state's buffers, and the arrays you passed stay yours (``model.apply(params, x)``
+        still works after training).
         """
+        check_live((params, model_state, opt_state), "TrainState.create")
         data, impl = key_parts(key)
+        params, model_state, opt_state = jax.tree.map(jnp.copy, (params, model_state, opt_state))
         return cls(
             params=params,
             opt_state=optimizer.init(params) if opt_state is None else opt_state,
@@ -101,6 +106,23 @@ class TrainState:
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict: the layout of the checkpoints `fit` writes."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def check_live(tree: Any, what: str) -> None:
+    """Raise `DonatedError` if an array of ``tree`` was donated to a step (its buffer is gone).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> check_live({"w": jnp.ones(2)}, "fit")  # fine: returns None
+    """
+    leaves = jax.tree.leaves(tree)
+    if any(isinstance(a, jax.Array) and a.is_deleted() for a in leaves):
+        raise DonatedError(
+            f"{what}: an array passed in was donated to a training step, which reused its "
+            "buffer; use the state the step returned (state.params), not the arrays that went "
+            "in. TrainState.create and fit copy what you give them, so arrays you pass there "
+            "stay valid"
+        )
 
 
 def key_parts(key: jax.Array) -> tuple[jax.Array, str | None]:

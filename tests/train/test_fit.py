@@ -17,7 +17,7 @@ def data(n=96, seed=0):
     return x, y.astype(np.int32)
 
 
-def loss_fn(params, batch, key):
+def loss_fn(params, batch, *, key):
     x, y = batch
     return losses.softmax_cross_entropy(MODEL.apply(params, x, key=key), y)
 
@@ -31,13 +31,19 @@ def init():
     return MODEL.init(jax.random.key(0), jnp.zeros((1, 4), jnp.float32))
 
 
-def run(**kwargs):
-    options = {"key": jax.random.key(1), "batch_size": 16, "progress": False}
-    return fg.train.fit(loss_fn, optax.adam(1e-2), init(), data(), **{**options, **kwargs})
+def run(*hooks, **kwargs):
+    options = {"key": jax.random.key(1), "batch_size": 16, "with_key": True, "hooks": list(hooks)}
+    params = kwargs.pop("params", None)
+    params = init() if params is None else params
+    return fg.train.fit(loss_fn, optax.adam(1e-2), params, data(), **{**options, **kwargs})
 
 
 def test_fit_trains_evaluates_and_records_history():
-    result = run(epochs=10, eval_data=data(48, seed=1), metrics={"accuracy": accuracy}, log_every=6)
+    result = run(
+        fg.train.LogMetrics(6),
+        fg.train.Evaluate(data(48, seed=1), {"accuracy": accuracy}),
+        epochs=10,
+    )
     assert result.step == 60 and result.stopped is None
     assert result.history.steps("loss") == list(range(6, 61, 6))
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -47,9 +53,9 @@ def test_fit_trains_evaluates_and_records_history():
 
 def test_resuming_from_a_checkpoint_is_bitwise_identical(tmp_path):
     straight = run(steps=40)
-    first = run(steps=20, checkpoint_dir=tmp_path, checkpoint_every=10)
+    first = run(fg.train.Checkpoint(tmp_path, 10), steps=20)
     assert first.step == 20 and fg.train.steps(tmp_path) == [10, 20]
-    resumed = run(steps=40, checkpoint_dir=tmp_path, checkpoint_every=10)
+    resumed = run(fg.train.Checkpoint(tmp_path, 10), steps=40)
     assert resumed.step == 40
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -57,7 +63,7 @@ def test_resuming_from_a_checkpoint_is_bitwise_identical(tmp_path):
 
 
 def test_fused_steps_give_the_same_result():
-    single = run(steps=24, log_every=8)
+    single = run(fg.train.LogMetrics(8), steps=24)
     fused = run(steps=24, fused=8)
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(fused.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -70,7 +76,7 @@ def test_nan_guard_stops_naming_the_step_and_keeps_finite_params():
 
     result = fg.train.fit(
         exploding, optax.sgd(1.0), jnp.zeros(()), np.zeros(8, np.float32),
-        key=jax.random.key(0), batch_size=4, steps=100, progress=False,
+        key=jax.random.key(0), batch_size=4, steps=100, hooks=[],
     )  # fmt: skip
     assert result.stopped is not None and "non-finite" in result.stopped
     assert f"step {result.step}" in result.stopped
@@ -82,14 +88,14 @@ def test_nan_guard_stops_naming_the_step_and_keeps_finite_params():
 
 
 def test_early_stopping_on_a_metric_that_stops_improving():
-    result = run(steps=200, eval_data=data(32), eval_every=4, early_stopping=fg.train.EarlyStopping(
-        monitor="eval_loss", patience=2, min_delta=10.0))  # fmt: skip
+    stop = fg.train.EarlyStopping(monitor="eval_loss", patience=2, min_delta=10.0)
+    result = run(fg.train.Evaluate(data(32), every=4), stop, steps=200)
     assert result.stopped is not None and "early stopping" in result.stopped
     assert result.step == 12
 
 
 def test_history_exports(tmp_path):
-    result = run(steps=8, log_every=4)
+    result = run(fg.train.LogMetrics(4), steps=8)
     result.history.to_csv(tmp_path / "h.csv")
     assert (tmp_path / "h.csv").read_text().splitlines()[0] == "step,loss"
     again = fg.train.History.from_json(result.history.to_json())
@@ -103,7 +109,9 @@ def test_bad_arguments():
     with pytest.raises(errors.ConfigError, match=r"batch_size must be in \[1, 96\]"):
         run(steps=4, batch_size=200)
     with pytest.raises(errors.ConfigError, match="monitors 'accuracy'"):
-        run(steps=4, eval_data=data(16), early_stopping=fg.train.EarlyStopping(monitor="accuracy"))
+        run(fg.train.Evaluate(data(16)), fg.train.EarlyStopping(monitor="accuracy"), steps=4)
+    with pytest.raises(errors.ConfigError, match="no Evaluate hook comes before it"):
+        run(fg.train.EarlyStopping(), steps=4)
 
 
 def test_batch_norm_state_in_fit():
@@ -115,14 +123,13 @@ def test_batch_norm_state_in_fit():
         return losses.softmax_cross_entropy(y, batch[1]), s
 
     result = fg.train.fit(bn_loss, optax.adam(1e-2), params, data(), model_state=state,
-                          key=jax.random.key(0), batch_size=16, steps=12, progress=False)  # fmt: skip
+                          key=jax.random.key(0), batch_size=16, steps=12, hooks=[])  # fmt: skip
     assert not np.allclose(result.model_state["batch_norm_1"]["mean"], 0)
 
 
 def test_fit_leaves_the_callers_arrays_alive():
     params = init()
-    fg.train.fit(loss_fn, optax.adam(1e-2), params, data(), key=jax.random.key(1), batch_size=16,
-                 steps=2, progress=False)  # fmt: skip
+    run(steps=2, params=params)
     assert float(jnp.sum(params["dense_0"]["w"])) == float(jnp.sum(init()["dense_0"]["w"]))
 
 
