@@ -157,18 +157,25 @@ class NanGuardState(NamedTuple):
     first_bad: jax.Array
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def finite(*trees: Any) -> jax.Array:
+    """Whether every inexact value in ``trees`` is finite, as one boolean scalar.
+
+    ``x * 0`` is 0 for a finite ``x`` and NaN for NaN or ±inf, so one sum per leaf (which
+    XLA fuses with the computation of the leaf) and one `jnp.isfinite` decide, where an
+    ``isfinite`` per leaf would need a reduction per leaf and a stack; it cannot overflow,
+    as a sum of squares can.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree.leaves(trees):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            total = total + jnp.sum(jnp.real(x) * 0 + jnp.imag(x) * 0).astype(jnp.float32)
+    return jnp.isfinite(total)
 
 
 def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Wrap an optimizer so that the first step with a non-finite loss, gradient or update, and
-    every step after it, changes nothing; the state records which step that was.
+    """Wrap an optimizer so that the first step with a non-finite loss or update (a non-finite
+    gradient makes a non-finite update), and every step after it, changes nothing; the state
+    records which step that was.
 
     `optax.apply_if_finite` skips a bad step and carries on (and applies updates again after
     ``max_consecutive_errors``); a training run that met a NaN must instead stop with the
@@ -196,15 +203,13 @@ def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformati
             updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
         else:
             updates, inner_state = inner.update(grads, state.inner_state, params)
-        ok = _all_finite(grads) & _all_finite(updates) & (state.first_bad < 0)
-        if value is not None:
-            ok = ok & jnp.all(jnp.isfinite(value))
-        # One conditional for the whole update: per-leaf selects cost a kernel each on CPU.
-        updates, inner_state = jax.lax.cond(
-            ok,
-            lambda: (updates, inner_state),
-            lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state),
-        )
+        # A non-finite gradient reaches the updates (through the optimizer's arithmetic), so
+        # one reduction over the loss and the updates decides; selects, not a conditional,
+        # fuse into the elementwise update, where lax.cond over whole trees cost copies.
+        ok = finite(value, updates) & (state.first_bad < 0)
+        keep = lambda new, old: jnp.where(ok, new, old)
+        updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+        inner_state = jax.tree.map(keep, inner_state, state.inner_state)
         first_bad = jnp.where(~ok & (state.first_bad < 0), state.steps, state.first_bad)
         return updates, NanGuardState(inner_state, state.steps + 1, first_bad)
 

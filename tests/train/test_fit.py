@@ -74,10 +74,11 @@ def test_nan_guard_stops_naming_the_step_and_keeps_finite_params():
     def exploding(w, batch):
         return jnp.mean(jnp.sqrt(3.0 - w) + 0 * batch)  # NaN once w passes 3
 
-    result = fg.train.fit(
-        exploding, optax.sgd(1.0), jnp.zeros(()), np.zeros(8, np.float32),
-        key=jax.random.key(0), batch_size=4, steps=100, hooks=[],
-    )  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="not finite at step"):
+        result = fg.train.fit(
+            exploding, optax.sgd(1.0), jnp.zeros(()), np.zeros(8, np.float32),
+            key=jax.random.key(0), batch_size=4, steps=100, hooks=[],
+        )  # fmt: skip
     assert result.stopped is not None and "non-finite" in result.stopped
     assert f"step {result.step}" in result.stopped
     assert bool(
@@ -146,3 +147,85 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'funcgrad\[examples\]'"):
         fg.train.History([{"step": 1, "loss": 1.0}]).plot(tmp_path / "h.png")
+
+
+def test_the_old_keywords_still_work_with_a_deprecation_warning(tmp_path):
+    with pytest.deprecated_call(match=r"eval_data= → fg\.train\.Evaluate"):
+        result = run(steps=12, eval_data=data(16), log_every=6, progress=False)
+    assert result.history.steps("loss") == [6, 12] and result.history.steps("eval_loss") == [12]
+    with pytest.deprecated_call(match=r"checkpoint_dir= → fg\.train\.Checkpoint"):
+        run(steps=4, checkpoint_dir=tmp_path, progress=False)
+    assert fg.train.steps(tmp_path) == [4]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        run(steps=4, log_evry=2)
+
+
+def test_fit_changes_no_hook_it_is_given():
+    stop = fg.train.EarlyStopping(patience=100)
+    evaluate = fg.train.Evaluate(data(16), every=6)
+    log = fg.train.LogMetrics()
+    before = (vars(stop).copy(), evaluate.every, evaluate.batch_size, log.every)
+    run(log, evaluate, stop, steps=12)
+    assert stop.every is None and (evaluate.every, evaluate.batch_size, log.every) == before[1:]
+    assert {k: v for k, v in vars(stop).items() if not k.startswith("_")} == {
+        k: v for k, v in before[0].items() if not k.startswith("_")
+    }
+
+
+def test_fit_result_holds_each_value_once():
+    result = run(steps=6)
+    fields = {f.name for f in __import__("dataclasses").fields(result)}
+    assert fields == {"state", "history", "stopped"}
+    assert result.params is result.state.params and result.step == 6
+    assert result.model_state is None
+
+
+def test_a_nan_in_the_data_stops_with_a_warning_naming_the_step_and_the_batch():
+    x, y = data()
+    x = x.copy()
+    x[5] = np.nan  # in some batch of the first epoch
+    with pytest.warns(RuntimeWarning, match=r"not finite at step \d+: the batch of that step holds non-finite inputs"):  # fmt: skip
+        result = fg.train.fit(loss_fn, optax.adam(1e-2), init(), (x, y), key=jax.random.key(1),
+                              batch_size=4, steps=24, with_key=True, hooks=[])  # fmt: skip
+    assert result.stopped is not None and f"step {result.step}" in result.stopped
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(result.params))
+
+
+def test_a_diverging_run_warns_that_its_data_was_finite():
+    def exploding(w, batch):
+        return jnp.mean(jnp.sqrt(3.0 - w) + 0 * batch)
+
+    with pytest.warns(RuntimeWarning, match="the batch of that step is finite"):
+        fg.train.fit(exploding, optax.sgd(1.0), jnp.zeros(()), np.zeros(8, np.float32),
+                     key=jax.random.key(0), batch_size=4, steps=100, hooks=[])  # fmt: skip
+
+
+def test_fit_with_an_int_key_says_what_a_key_is():
+    with pytest.raises(errors.InputTypeError, match=r"fit\(key=\): expected a PRNG key"):
+        run(steps=2, key=0)
+
+
+def with_timeout(seconds, fn):
+    """Run ``fn`` in a thread; fail instead of hanging if it has not returned in time."""
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not return within {seconds}s (a hang)"
+    return out["value"]
+
+
+def test_history_is_a_read_only_mapping_of_metric_names():
+    history = fg.train.History([{"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.5, "acc": 0.9}])
+    assert with_timeout(5, lambda: "loss" in history)  # used to loop forever
+    assert with_timeout(5, lambda: "eval_loss" not in history)
+    assert with_timeout(5, lambda: "step" not in history)
+    assert with_timeout(5, lambda: list(history)) == ["loss", "acc"] == list(history.keys())
+    assert len(history) == 2 and history.names() == ["loss", "acc"]
+    assert dict(history.items()) == {"loss": [1.0, 0.5], "acc": [0.9]}
+    with pytest.raises(errors.UnknownNameError, match=r"'eval_loss'.*\['loss', 'acc'\]"):
+        history["eval_loss"]
+    assert history.get("eval_loss") is None
+    assert not hasattr(history, "__setitem__")
