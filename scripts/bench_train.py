@@ -128,9 +128,10 @@ def make_step_time(
     return state_loop(step, fresh(), data, batch, steps)
 
 
-def worker(name: str, variant: str) -> None:
+def worker(name: str, variant: str, steps_: str) -> None:
     """Print one variant's seconds per step as JSON; run in a subprocess over another tree's funcgrad."""
-    sizes, batch, steps = WORKLOADS[name]
+    sizes, batch, _ = WORKLOADS[name]
+    steps = int(steps_)
     loss_fn = models.funcgrad_model_loss(sizes)
     params = loss_fn.model.init(jax.random.key(0), jnp.zeros((1, sizes[0])))  # type: ignore[attr-defined]
     data = dataset(sizes, batch)
@@ -142,13 +143,13 @@ def worker(name: str, variant: str) -> None:
     print(json.dumps(seconds))
 
 
-def in_tree(tree: str, name: str, variant: str) -> Callable[[], float]:
+def in_tree(tree: str, name: str, variant: str, steps: int) -> Callable[[], float]:
     """A variant timed in a fresh process that imports funcgrad from ``tree`` (another commit)."""
 
     def run() -> float:
         env = {**os.environ, "PYTHONPATH": tree}
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", name, variant],
+            [sys.executable, __file__, "--worker", name, variant, str(steps)],
             env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         return float(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -220,7 +221,7 @@ def bench_workload(
         )
     if baseline is not None:
         for variant in ("make_step", "make_step+guard", "fit"):
-            variants[f"{variant} (before)"] = in_tree(baseline, name, variant)
+            variants[f"{variant} (before)"] = in_tree(baseline, name, variant, steps)
     med = interleaved_medians(variants, rounds)
     base = med["pure JAX"]
     print(f"{name}: " + ", ".join(f"{k} {v * 1e6:.1f} ({v / base:.3f})" for k, v in med.items()))
@@ -233,10 +234,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", metavar="NAME", help="one workload (a key of WORKLOADS)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the steps timed")
     parser.add_argument(
         "--baseline", metavar="COMMIT", help="also time make_step and fit of this commit (git)"
     )
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -254,7 +256,7 @@ def main() -> None:
     for name, (sizes, batch, steps) in WORKLOADS.items():
         if args.only and args.only != name:
             continue
-        bench_workload(name, sizes, batch, steps, args.rounds, baseline)
+        bench_workload(name, sizes, batch, int(steps * args.scale), args.rounds, baseline)
     if baseline is not None:
         subprocess.run(["git", "worktree", "remove", "--force", baseline], check=False)
 
