@@ -41,7 +41,7 @@ from funcgrad.train.state import (
     unwrap_guard,
     zero_sums,
 )
-from funcgrad.train.step import _update, key_style, make_multistep, make_step, place_state
+from funcgrad.train.step import key_style, make_multistep, make_step, place_state, update_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +374,7 @@ def fit(
         options = {"has_aux": has_aux, "has_state": has_state, "mesh": plan, "with_key": with_key}
         step = make_step(loss_fn, optimizer, **options)  # type: ignore[arg-type]
         multi = make_multistep(loss_fn, optimizer, fused, **options) if fused > 1 else None  # type: ignore[arg-type]
-    update = _update(loss_fn, optimizer, has_aux, has_state, style, None)
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, None)
 
     # One copy up front: the step donates its buffers, and the caller's arrays must survive fit.
     params, model_state, opt_state = jax.tree.map(

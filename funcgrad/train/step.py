@@ -107,12 +107,12 @@ def make_update(
       >>> round(float(w), 3), round(float(metrics["loss"]), 3)
       (0.4, 4.0)
     """
-    return _update(
+    return update_fn(
         loss_fn, optimizer, has_aux, has_state, key_style(loss_fn, with_key, has_state), mesh
     )
 
 
-def _update(
+def update_fn(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     has_aux: bool,
@@ -120,6 +120,7 @@ def _update(
     style: str | None,
     mesh: Mesh | Plan | None,
 ) -> Update:
+    """`make_update` for a key style `key_style` has already settled (so it warns only once)."""
     plan = as_plan(mesh)
 
     def call(args: tuple[Any, ...], key: Any) -> Any:
@@ -355,7 +356,7 @@ def make_step(
     """
     plan = as_plan(mesh)
     style = key_style(loss_fn, with_key, has_state)
-    update = _update(loss_fn, optimizer, has_aux, has_state, style, plan)
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
     watch = _ShapeWatch("make_step")
     on_state = _state_update(update, style is not None)
 
@@ -425,7 +426,7 @@ def make_multistep(
         raise ConfigError(f"make_multistep: k must be a positive int; got {k!r}")
     plan = as_plan(mesh)
     style = key_style(loss_fn, with_key, has_state, "make_multistep")
-    update = _update(loss_fn, optimizer, has_aux, has_state, style, plan)
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
     watch = _ShapeWatch("make_multistep")
     on_state = _state_update(update, style is not None)
 
