@@ -89,13 +89,22 @@ def _calls(
     a stack of copies.
     """
     leaves, treedef = jax.tree.flatten(data)
-    per_epoch = num_examples(data) // batch_size
+    n = num_examples(data)
+    per_epoch = n // batch_size
     used = per_epoch * batch_size
     epoch, offset = divmod(start, per_epoch)
     current: list[Any] = []
 
+    ahead: dict[int, jax.Array] = {}
+
     def load(e: int) -> list[Any]:
-        order = np.asarray(permutation(jax.random.fold_in(data_key, e), len(leaves[0])))
+        # The order is a sort on the device: the next epoch's is dispatched now, so that it
+        # is computed while this epoch's steps run instead of stalling the loop each epoch.
+        pending = ahead.pop(e, None)
+        order_e = permutation(jax.random.fold_in(data_key, e), n) if pending is None else pending
+        if (e + 1) * per_epoch < total:
+            ahead[e + 1] = permutation(jax.random.fold_in(data_key, e + 1), n)
+        order = np.asarray(order_e)
         return [
             leaf[order[:used]].reshape(per_epoch, batch_size, *np.shape(leaf)[1:])
             for leaf in leaves
