@@ -160,10 +160,9 @@ class NanGuardState(NamedTuple):
 def finite(*trees: Any) -> jax.Array:
     """Whether every inexact value in ``trees`` is finite, as one boolean scalar.
 
-    ``x * 0`` is 0 for a finite ``x`` and NaN for NaN or ±inf, so one sum per leaf (which
-    XLA fuses with the computation of the leaf) and one `jnp.isfinite` decide, where an
-    ``isfinite`` per leaf would need a reduction per leaf and a stack; it cannot overflow,
-    as a sum of squares can.
+    ``x * 0`` is 0 for a finite ``x`` and NaN for NaN or ±inf, so one sum per leaf and one
+    `jnp.isfinite` decide, where an ``isfinite`` per leaf would need a boolean reduction per
+    leaf and a stack; it cannot overflow, as a sum of squares can.
     """
     total = jnp.zeros((), jnp.float32)
     for x in jax.tree.leaves(trees):
@@ -173,9 +172,8 @@ def finite(*trees: Any) -> jax.Array:
 
 
 def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Wrap an optimizer so that the first step with a non-finite loss or update (a non-finite
-    gradient makes a non-finite update), and every step after it, changes nothing; the state
-    records which step that was.
+    """Wrap an optimizer so that the first step with a non-finite loss or gradient, and every
+    step after it, changes nothing; the state records which step that was.
 
     `optax.apply_if_finite` skips a bad step and carries on (and applies updates again after
     ``max_consecutive_errors``); a training run that met a NaN must instead stop with the
@@ -198,18 +196,26 @@ def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformati
     def update(
         grads: Any, state: NanGuardState, params: Any = None, *, value: Any = None, **extra: Any
     ) -> tuple[Any, NanGuardState]:
+        # Decided before the optimizer runs, from the loss and the gradients (one fused sum
+        # each), so that the optimizer runs inside the conditional's taken branch, in place,
+        # fused as without a guard; the other branch returns zero updates and the old state.
+        # (Selects after the update, or a conditional over its results, cost a pass or a
+        # copy per leaf.)
+        ok = finite(value, grads) & (state.first_bad < 0)
         if isinstance(inner, optax.GradientTransformationExtraArgs):
             extra = {**extra, **({} if value is None else {"value": value})}
-            updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
         else:
-            updates, inner_state = inner.update(grads, state.inner_state, params)
-        # A non-finite gradient reaches the updates (through the optimizer's arithmetic), so
-        # one reduction over the loss and the updates decides; selects, not a conditional,
-        # fuse into the elementwise update, where lax.cond over whole trees cost copies.
-        ok = finite(value, updates) & (state.first_bad < 0)
-        keep = lambda new, old: jnp.where(ok, new, old)
-        updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
-        inner_state = jax.tree.map(keep, inner_state, state.inner_state)
+            extra = {}
+
+        def step() -> tuple[Any, Any]:
+            return inner.update(grads, state.inner_state, params, **extra)
+
+        def skip() -> tuple[Any, Any]:
+            shapes = jax.eval_shape(step)[0]
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            return zeros, state.inner_state
+
+        updates, inner_state = jax.lax.cond(ok, step, skip)
         first_bad = jnp.where(~ok & (state.first_bad < 0), state.steps, state.first_bad)
         return updates, NanGuardState(inner_state, state.steps + 1, first_bad)
 
