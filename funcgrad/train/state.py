@@ -116,7 +116,10 @@ def check_live(tree: Any, what: str) -> None:
       >>> check_live({"w": jnp.ones(2)}, "fit")  # fine: returns None
     """
     leaves = jax.tree.leaves(tree)
-    if any(isinstance(a, jax.Array) and a.is_deleted() for a in leaves):
+    concrete = [
+        a for a in leaves if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+    ]
+    if any(a.is_deleted() for a in concrete):
         raise DonatedError(
             f"{what}: an array passed in was donated to a training step, which reused its "
             "buffer; use the state the step returned (state.params), not the arrays that went "
