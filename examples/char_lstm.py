@@ -67,7 +67,7 @@ result = fg.train.fit(
     key=jax.random.key(1),
     batch_size=args.batch_size,
     steps=args.steps,
-    progress=False,
+    hooks=[],  # no progress bar
 )
 params = result.params
 after = float(held_out_loss(params))

@@ -161,7 +161,7 @@ def main() -> None:
         start = time.perf_counter()
         result = fg.train.fit(
             loss_fn, optax.adamw(3e-3), params, windows,
-            key=jax.random.key(1), batch_size=args.batch, steps=args.steps, progress=False,
+            key=jax.random.key(1), batch_size=args.batch, steps=args.steps, hooks=[],
         )  # fmt: skip
         params = result.params
         loss = float(evaluate(params, probe))

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 import funcgrad as fg
 from funcgrad import nn
@@ -89,6 +90,18 @@ def main() -> None:
     loss = lambda p: jnp.mean(model.apply(p, x, state=new_state)[0] ** 2)
     fg.testing.check_grads(loss, (params,), order=1)
     print("gradients agree with finite differences, forward and reverse mode")
+
+    # Training with fit: the state goes in as model_state=, the loss takes it after the
+    # parameters and returns the new one; with_key=True hands it the noise key as key=.
+    def loss_fn(p, s, batch, *, key):
+        y, s = model.apply(p, batch, state=s, key=key)
+        return jnp.mean((y - 1.0) ** 2), s
+
+    result = fg.train.fit(
+        loss_fn, optax.adam(1e-2), params, x, model_state=state, key=jax.random.key(4),
+        batch_size=8, steps=20, with_key=True, hooks=[],
+    )  # fmt: skip
+    print(f"fit: {result.step} steps, running mean moved: {result.model_state is not None}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from sklearn.datasets import load_digits
@@ -42,18 +41,17 @@ optimizer = optax.adam(1e-3)
 batch = 128 if 128 % len(devices) == 0 else 16 * len(devices)  # the batch divides over devices
 for name, mesh in layouts.items():
     step = train.make_step(loss_fn, optimizer, mesh=mesh)
-    p = jax.tree.map(jnp.copy, params)
-    state = optimizer.init(p)
+    state = train.TrainState.create(params, optimizer, key=jax.random.key(0))
     losses_seen, start = [], None
     for i, b in enumerate(train.batches(jax.random.key(1), (x, y), batch)):
         if i == 2:
-            jax.block_until_ready(p)
+            jax.block_until_ready(state)
             start = time.perf_counter()  # after compiling
-        p, state, metrics = step(p, state, b)
+        state, metrics = step(state, b)
         losses_seen.append(metrics["loss"])
-    jax.block_until_ready(p)
+    jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / (len(losses_seen) - 2) * 1e3
-    w = p["dense_2"]["w"]
+    w = state.params["dense_2"]["w"]
     print(f"{name:>13}: losses {[round(float(v), 5) for v in losses_seen[:3]]} ... "
           f"{float(losses_seen[-1]):.5f}; {per_step:.2f} ms/step; dense_2/w on "
           f"{len(w.sharding.device_set)} device(s), {w.addressable_shards[0].data.shape} each")  # fmt: skip

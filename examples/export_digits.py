@@ -29,14 +29,14 @@ model = nn.serial(nn.Dense(128), nn.relu, nn.Dropout(0.1), nn.Dense(128), nn.rel
 params = model.init(jax.random.key(0), x_train[:1])
 
 
-def loss_fn(params, batch, key):
+def loss_fn(params, batch, *, key):
     images, labels = batch
     return losses.softmax_cross_entropy(model.apply(params, images, key=key), labels)
 
 
 result = fg.train.fit(
     loss_fn, optax.adam(1e-3), params, (x_train, y_train), key=jax.random.key(1),
-    batch_size=32, epochs=10, progress=False,
+    batch_size=32, epochs=10, with_key=True, hooks=[],
 )  # fmt: skip
 logits = jax.jit(model.apply)(result.params, x_test)
 print(f"test accuracy here: {float(jnp.mean(jnp.argmax(logits, -1) == y_test)):.4f}")

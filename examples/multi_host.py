@@ -77,7 +77,11 @@ def main() -> None:
     plan = parallel.plan(parallel.mesh(data=-1), "fsdp")
     result = train.fit(
         loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(1), batch_size=64,
-        steps=args.steps, mesh=plan, progress=me == 0, checkpoint_dir=args.sharded_dir,
+        steps=args.steps, mesh=plan,
+        hooks=[
+            *(train.default_hooks() if me == 0 else [train.LogMetrics()]),
+            *([train.Checkpoint(args.sharded_dir, 0, mesh=plan)] if args.sharded_dir else []),
+        ],
     )  # fmt: skip
     score = jax.jit(accuracy)(result.params, data)  # every process runs it; all agree
     print(f"process {me}: final loss {result.history['loss'][-1]:.4f}, "

@@ -31,7 +31,7 @@ model = nn.serial(
 params = model.init(jax.random.key(0), x_train[:1])
 
 
-def loss_fn(params, batch, key):
+def loss_fn(params, batch, *, key):
     images, labels = batch
     return losses.softmax_cross_entropy(model.apply(params, images, key=key), labels)
 
@@ -44,7 +44,8 @@ def accuracy(params, batch):
 start = time.perf_counter()
 result = fg.train.fit(
     loss_fn, optax.adam(2e-3), params, (x_train, y_train), key=jax.random.key(1),
-    batch_size=32, epochs=25, eval_data=(x_test, y_test), metrics={"accuracy": accuracy},
+    batch_size=32, epochs=25, with_key=True,
+    hooks=[*fg.train.default_hooks(), fg.train.Evaluate((x_test, y_test), {"accuracy": accuracy})],
 )  # fmt: skip
 print(f"trained in {time.perf_counter() - start:.1f} s")
 print(f"test accuracy: {result.history['accuracy'][-1]:.4f}")

@@ -27,7 +27,7 @@ model = nn.serial(nn.Dense(128), nn.relu, nn.Dropout(0.1), nn.Dense(128), nn.rel
 params = model.init(jax.random.key(0), x_train[:1])
 
 
-def loss_fn(params, batch, key):
+def loss_fn(params, batch, *, key):
     images, labels = batch
     return losses.softmax_cross_entropy(model.apply(params, images, key=key), labels)
 
@@ -46,9 +46,11 @@ result = fg.train.fit(
     key=jax.random.key(1),
     batch_size=32,
     epochs=40,
-    eval_data=(x_test, y_test),
-    metrics={"accuracy": accuracy},
-    eval_every=420,
+    with_key=True,  # loss_fn takes key= (dropout)
+    hooks=[
+        *fg.train.default_hooks(),  # history and progress bar
+        fg.train.Evaluate((x_test, y_test), {"accuracy": accuracy}, every=420),
+    ],
 )
 print(f"trained in {time.perf_counter() - start:.1f} s")
 print(f"test accuracy: {result.history['accuracy'][-1]:.4f}")

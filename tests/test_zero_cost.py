@@ -27,7 +27,7 @@ def test_funcgrad_step_compiles_to_the_pure_jax_program(name):
     batch = bench.make_data(sizes, batch_size)
     pure = bench.pure_jax_step(sizes, optimizer)
     model_loss = bench.funcgrad_model_loss(sizes, loss="optax")
-    ours = fg.train.make_step(model_loss, optimizer)
+    ours = fg.train.make_step(model_loss, optimizer, donate=True)  # the arrays donated, as there
     args = (params, optimizer.init(params), batch)
     theirs_ops, ours_ops = opcode_histogram(pure, *args), opcode_histogram(ours, *args)
     assert ours_ops["dot"] > 0
@@ -46,12 +46,19 @@ def test_funcgrad_losses_keep_the_matmul_count(name):
     assert ours["fusion"] <= theirs["fusion"]
 
 
+def donates(lowered):
+    return "tf.aliasing_output" in lowered.as_text() or "jax.buffer_donor" in lowered.as_text()
+
+
 def test_step_is_a_plain_jit_function_with_donation():
-    step = fg.train.make_step(lambda p, b: (p * b).sum(), optax.sgd(0.1))
-    # The step is a plain jax.jit function per form; Step only picks one (and explains donation).
+    opt = optax.sgd(0.1)
+    step = fg.train.make_step(lambda p, b: (p * b).sum(), opt)
+    # The step is a plain jax.jit function per form; Step calls it (and explains donation).
     assert isinstance(step.on_arrays, type(jax.jit(lambda x: x)))
     assert isinstance(step.on_state, type(jax.jit(lambda x: x)))
-    lowered = step.lower(
-        jax.numpy.ones(3), optax.sgd(0.1).init(jax.numpy.ones(3)), jax.numpy.ones(3)
-    )
-    assert "tf.aliasing_output" in lowered.as_text() or "jax.buffer_donor" in lowered.as_text()
+    ones = jax.numpy.ones(3)
+    state = fg.train.TrainState.create(ones, opt, key=jax.random.key(0))
+    assert donates(step.lower(state, ones))  # the state's buffers are the library's copies
+    assert not donates(step.lower(ones, opt.init(ones), ones))  # the arrays are the caller's
+    donating = fg.train.make_step(lambda p, b: (p * b).sum(), opt, donate=True)
+    assert donates(donating.lower(ones, opt.init(ones), ones))

@@ -9,19 +9,28 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from funcgrad.errors import UnknownNameError
 
-class History:
-    """Metrics over a run: ``history.rows`` (dicts), ``history["loss"]`` (one metric's values).
+
+class History(Mapping[str, list[float]]):
+    """Metrics over a run, as a read-only mapping from metric name to its values in order.
+
+    ``history["loss"]`` (the values), ``"loss" in history``, ``history.keys()`` (the metric
+    names, in order of first appearance; ``history.names()`` too), ``len(history)`` (how
+    many metrics), iteration over the names; ``history.rows`` holds the rows themselves
+    (dicts with the step under ``"step"``), ``history.steps(name)`` the steps of a metric.
+    An unknown name raises `UnknownNameError` listing the known ones.
 
     Example:
       >>> from funcgrad.train import History
       >>> h = History()
       >>> h.append(10, loss=0.5)
       >>> h.append(20, loss=0.25, accuracy=0.9)
-      >>> h["loss"], h.steps("accuracy")
-      ([0.5, 0.25], [20])
+      >>> h["loss"], h.steps("accuracy"), "accuracy" in h, list(h), len(h)
+      ([0.5, 0.25], [20], True, ['loss', 'accuracy'], 2)
     """
 
     def __init__(self, rows: list[dict[str, float]] | None = None) -> None:
@@ -32,21 +41,33 @@ class History:
         self.rows.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
     def __getitem__(self, name: str) -> list[float]:
+        if name not in self:
+            raise UnknownNameError(
+                f"History: no metric named {name!r}; it records {self.names()} "
+                "(plus 'step' in each of history.rows)"
+            )
         return [row[name] for row in self.rows if name in row]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in row for row in self.rows) and name != "step"
 
     def steps(self, name: str) -> list[int]:
         """The steps at which ``name`` was recorded."""
+        self[name]  # the error for an unknown name
         return [int(row["step"]) for row in self.rows if name in row]
 
     def names(self) -> list[str]:
-        """Every metric name recorded, in order of first appearance."""
+        """Every metric name recorded, in order of first appearance (the mapping's keys)."""
         seen: dict[str, None] = {}
         for row in self.rows:
             seen.update(dict.fromkeys(k for k in row if k != "step"))
         return list(seen)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def __repr__(self) -> str:
         return f"History({len(self.rows)} rows: {', '.join(self.names())})"

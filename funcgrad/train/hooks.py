@@ -1,30 +1,24 @@
-"""The parts of `fit`'s loop besides stepping: logging, evaluation, early stopping, checkpoints, progress.
-
-Each is a `Hook` that `fit` calls every ``every`` steps and at the start and end; a user adds or replaces them.
+"""The hooks of `fit`'s loop, all importable from here: the protocol (hook.py), the metrics hooks
+(metrics.py), the progress bar (progress.py), and the checkpoint hook with `restore_state`, kept here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
-import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from funcgrad.data import num_examples
-from funcgrad.errors import ConfigError
 from funcgrad.io import write_atomic
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import checkpoint
 from funcgrad.train.history import History
+from funcgrad.train.hook import Hook, Run, interval
+from funcgrad.train.metrics import EarlyStopping, Evaluate, LogMetrics
+from funcgrad.train.progress import Progress
 from funcgrad.train.state import (
     NanGuardState,
     TrainState,
@@ -33,195 +27,10 @@ from funcgrad.train.state import (
     unwrap_guard,
 )
 
-
-@dataclasses.dataclass
-class Run:
-    """What the hooks of one `fit` share: the state, the step, the history, and how it ends.
-
-    ``step`` is the Python mirror of ``state.step`` (reading it needs no device sync);
-    ``stopped`` is why the run stopped early (None while it goes on); ``scores`` holds the
-    last evaluation as ``(step, {name: value})``. A hook stops the run with `stop`.
-    """
-
-    state: TrainState
-    step: int
-    total: int
-    history: History = dataclasses.field(default_factory=History)
-    stopped: str | None = None
-    nonfinite: bool = False
-    scores: tuple[int, dict[str, float]] | None = None
-    final_rows: int | None = None  # rows before this index were logged on schedule
-
-    def stop(self, reason: str) -> None:
-        """End the run after this step, saying why."""
-        if self.stopped is None:
-            self.stopped = reason
-
-
-class Hook:
-    """One part of `fit`'s loop. ``every``: steps between `after_step` calls (0: never).
-
-    `start` runs before the first step (after a resume), `after_step` after every compiled
-    call that lands on a multiple of ``every``, `end` once after the last step. Hooks run
-    in the order given; subclass and override what you need.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, numpy as np, optax, funcgrad as fg
-      >>> class PrintLoss(fg.train.Hook):
-      ...     every = 40
-      ...     def after_step(self, run):
-      ...         print(run.step, round(run.history["loss"][-1], 2))
-      >>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
-      >>> loss_fn = lambda w, b: jnp.mean((b[0] * w - 3 * b[0]) ** 2)
-      >>> _ = fg.train.fit(loss_fn, optax.sgd(0.5), jnp.zeros(()), (x,), key=jax.random.key(0),
-      ...                  batch_size=16, steps=80, log_every=40, progress=False, hooks=[PrintLoss()])
-      40 0.14
-      80 0.0
-    """
-
-    every: int = 0
-
-    def start(self, run: Run) -> None:
-        """Before the first step."""
-
-    def after_step(self, run: Run) -> None:
-        """After a call whose last step is a multiple of ``every``."""
-
-    def end(self, run: Run) -> None:
-        """After the last step (or an early stop)."""
-
-
-class LogMetrics(Hook):
-    """Every ``every`` steps: the mean of each metric since the last row, into the history.
-
-    Reading the sums waits for the device, so it is not done every step. It also reads the
-    NaN guard, and stops the run at the first non-finite step, keeping the parameters from
-    before it.
-    """
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-
-    def _read(self, run: Run) -> tuple[dict[str, float] | None, int]:
-        bad = nonfinite_step(run.state.opt_state)
-        sums, first_bad = jax.device_get((run.state.sums, -1 if bad is None else bad))
-        count = int(sums.pop("count"))
-        row = {k: float(np.mean(v)) / count for k, v in sums.items()} if count else None
-        return row, int(first_bad)
-
-    def after_step(self, run: Run) -> None:
-        row, bad = self._read(run)
-        run.state = run.state.replace(sums=jax.tree.map(jnp.zeros_like, run.state.sums))
-        if bad >= 0:
-            if row is not None:
-                run.history.append(bad, **row)
-            run.step = bad
-            run.state = run.state.replace(step=jnp.asarray(bad, jnp.int32))
-            run.nonfinite = True
-            run.stop(
-                f"non-finite loss or parameters at step {bad}; stopped and kept the parameters "
-                "from before that step"
-            )
-            return
-        if row is not None:
-            run.history.append(run.step, **row)
-
-    def end(self, run: Run) -> None:
-        if run.nonfinite:
-            return
-        row, bad = self._read(run)  # the steps since the last row; the state keeps its sums
-        if bad >= 0:
-            self.after_step(run)
-        elif row is not None:
-            run.history.append(run.step, **row)
-
-
-class Evaluate(Hook):
-    """Every ``every`` steps and at the end: the mean of ``eval_loss`` and each metric over ``data``.
-
-    ``metrics[name](params, batch)`` (``(params, model_state, batch)`` with state); the
-    loss is ``loss_fn`` without a key. Batches of ``batch_size``, the last one smaller.
-    """
-
-    def __init__(
-        self,
-        data: Any,
-        metrics: Mapping[str, Callable[..., Any]] | None,
-        every: int,
-        batch_size: int,
-        loss: Callable[..., Any] | None = None,
-        has_state: bool = False,
-    ) -> None:
-        self.data, self.every, self.batch_size, self.has_state = data, every, batch_size, has_state
-        fns = {"eval_loss": loss} if loss is not None else {}
-        self.fns = {k: jax.jit(f) for k, f in {**fns, **(metrics or {})}.items()}
-
-    def evaluate(self, run: Run) -> dict[str, float]:
-        state = run.state
-        args = (state.params, state.model_state) if self.has_state else (state.params,)
-        n = num_examples(self.data)
-        totals = dict.fromkeys(self.fns, 0.0)
-        for start in range(0, n, self.batch_size):
-            batch = jax.tree.map(lambda a, s=start: a[s : s + self.batch_size], self.data)
-            size = min(self.batch_size, n - start)
-            for name, fn in self.fns.items():
-                totals[name] += float(fn(*args, batch)) * size
-        return {k: v / n for k, v in totals.items()}
-
-    def after_step(self, run: Run) -> None:
-        scores = self.evaluate(run)
-        run.history.append(run.step, **scores)
-        run.scores = (run.step, scores)
-
-    def end(self, run: Run) -> None:
-        if not run.nonfinite and (run.scores is None or run.scores[0] != run.step):
-            self.after_step(run)
-
-
-@dataclasses.dataclass
-class EarlyStopping(Hook):
-    """Stop when ``monitor`` (an evaluation metric) has not improved for ``patience`` evaluations."""
-
-    monitor: str = "eval_loss"
-    patience: int = 3
-    mode: str = "min"
-    min_delta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("min", "max"):
-            raise ConfigError(f"EarlyStopping: mode must be 'min' or 'max'; got {self.mode!r}")
-        self.every = 1
-        self._best: float | None = None
-        self._stale = 0
-        self._seen = -1
-
-    def start(self, run: Run) -> None:
-        self._best, self._stale, self._seen = None, 0, -1
-
-    def after_step(self, run: Run) -> None:
-        if run.scores is None or run.scores[0] == self._seen:
-            return
-        step, scores = run.scores
-        self._seen = step
-        value = scores.get(self.monitor)
-        if value is None:
-            raise ConfigError(
-                f"fit: early_stopping monitors '{self.monitor}', which the evaluation does not "
-                f"produce (it gives {sorted(scores)})"
-            )
-        sign = 1 if self.mode == "min" else -1
-        if self._best is None or sign * (value - self._best) < -self.min_delta:
-            self._best, self._stale = value, 0
-            return
-        self._stale += 1
-        if self._stale >= self.patience:
-            run.stop(
-                f"early stopping at step {step}: {self.monitor} has not improved on "
-                f"{self._best:.6g} for {self._stale} evaluations"
-            )
-
-    def end(self, run: Run) -> None:
-        self.after_step(run)
+__all__ = [
+    "Checkpoint", "EarlyStopping", "Evaluate", "Hook", "LogMetrics", "Progress", "Run",
+    "interval", "restore_state",
+]  # fmt: skip
 
 
 class Checkpoint(Hook):
@@ -353,58 +162,3 @@ def restore_state(
         key, sums, impl,
     )  # fmt: skip
     return step, state
-
-
-class Progress(Hook):
-    """A progress bar: steps, loss and the last evaluation, with the compile time shown apart.
-
-    The bar's rate and ETA count from the end of the first call, so compiling the step
-    does not make the first estimate absurd; the compile time shows as ``compile=``.
-    """
-
-    def __init__(self, every: int, *, desc: str = "fit") -> None:
-        self.every, self.desc = every, desc
-        self.bar: Any = None
-        self.compiled: float | None = None
-
-    def start(self, run: Run) -> None:
-        self.bar = tqdm(total=run.total, initial=run.step, unit="step", desc=self.desc)
-        self.bar.set_postfix_str("compiling the step…")
-        self.shown, self.t0, self.compiled = run.step, time.perf_counter(), None
-
-    def first_call_done(self, run: Run) -> None:
-        """Called by `fit` once the first call has compiled: restart the rate from here."""
-        self.compiled = time.perf_counter() - self.t0
-        bar = self.bar
-        bar.update(run.step - self.shown)
-        self.shown = run.step
-        bar.initial, bar.start_t = bar.n, bar._time()
-        bar.last_print_n, bar.last_print_t = bar.n, bar.start_t
-        bar.set_postfix_str(f"compile={self.compiled:.1f}s")
-
-    def after_step(self, run: Run) -> None:
-        if run.step > self.shown:
-            self.bar.update(run.step - self.shown)
-            self.shown = run.step
-        post = {"loss": f"{run.history['loss'][-1]:.4g}"} if run.history["loss"] else {}
-        if run.scores is not None:
-            post.update({k: f"{v:.4g}" for k, v in run.scores[1].items()})
-        if self.compiled is not None:
-            post["compile"] = f"{self.compiled:.1f}s"
-        self.bar.set_postfix(post)
-
-    def end(self, run: Run) -> None:
-        if self.bar is None:
-            return
-        self.after_step(run)
-        if run.stopped:
-            self.bar.write(f"fit: {run.stopped}")
-        self.bar.close()
-
-
-def interval(value: int | None, default: int, fused: int) -> int:
-    """A hook interval rounded up to a multiple of ``fused`` (0 stays 0: only at the end)."""
-    step = default if value is None else value
-    if step <= 0:
-        return 0
-    return max(fused, math.ceil(step / fused) * fused)

@@ -6,9 +6,9 @@ Logging, evaluation, early stopping, checkpoints and the progress bar are `Hook`
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from queue import Full, Queue
 from typing import Any
 
@@ -19,6 +19,7 @@ import optax
 
 from funcgrad.data import num_examples, permutation
 from funcgrad.errors import ConfigError
+from funcgrad.nn.layer import check_key
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
 from funcgrad.train.history import History
@@ -32,25 +33,49 @@ from funcgrad.train.hooks import (
     Run,
     interval,
 )
-from funcgrad.train.state import NanGuardState, TrainState, key_parts, unwrap_guard, zero_sums
-from funcgrad.train.step import make_multistep, make_step, make_update, place_state, takes_key
+from funcgrad.train.state import (
+    NanGuardState,
+    TrainState,
+    check_live,
+    key_parts,
+    unwrap_guard,
+    zero_sums,
+)
+from funcgrad.train.step import key_style, make_multistep, make_step, place_state, update_fn
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What `fit` returns: the final state, the history, and why it stopped early (if it did).
+    """What `fit` returns: the final `TrainState`, the history, and why it stopped early (if it did).
 
-    ``opt_state`` is the optimizer's own state (without the NaN guard `fit` wrapped it in);
-    ``state`` is the whole `TrainState`, ready for `make_step` or another `fit`.
+    ``state`` is ready for `make_step` or another `fit`; ``params``, ``opt_state`` (the
+    optimizer's own state, without the NaN guard `fit` wrapped it in), ``model_state``
+    (None without one) and ``step`` are read from it.
     """
 
-    params: Any
-    opt_state: Any
-    model_state: Any
+    state: TrainState
     history: History
-    step: int
     stopped: str | None = None
-    state: TrainState | None = None
+
+    @property
+    def params(self) -> Any:
+        """The trained parameters (``state.params``)."""
+        return self.state.params
+
+    @property
+    def opt_state(self) -> Any:
+        """The optimizer's state, unwrapped from `fit`'s NaN guard."""
+        return unwrap_guard(self.state.opt_state)
+
+    @property
+    def model_state(self) -> Any:
+        """The model's state (batch-norm statistics), or None for a model without one."""
+        return self.state.model_state if self.state.model_state != {} else None
+
+    @property
+    def step(self) -> int:
+        """The number of steps taken (the step of the first non-finite loss, after a NaN stop)."""
+        return int(self.state.step)
 
 
 def _calls(
@@ -64,13 +89,22 @@ def _calls(
     a stack of copies.
     """
     leaves, treedef = jax.tree.flatten(data)
-    per_epoch = num_examples(data) // batch_size
+    n = num_examples(data)
+    per_epoch = n // batch_size
     used = per_epoch * batch_size
     epoch, offset = divmod(start, per_epoch)
     current: list[Any] = []
 
+    ahead: dict[int, jax.Array] = {}
+
     def load(e: int) -> list[Any]:
-        order = np.asarray(permutation(jax.random.fold_in(data_key, e), len(leaves[0])))
+        # The order is a sort on the device: the next epoch's is dispatched now, so that it
+        # is computed while this epoch's steps run instead of stalling the loop each epoch.
+        pending = ahead.pop(e, None)
+        order_e = permutation(jax.random.fold_in(data_key, e), n) if pending is None else pending
+        if (e + 1) * per_epoch < total:
+            ahead[e + 1] = permutation(jax.random.fold_in(data_key, e + 1), n)
+        order = np.asarray(order_e)
         return [
             leaf[order[:used]].reshape(per_epoch, batch_size, *np.shape(leaf)[1:])
             for leaf in leaves
@@ -159,6 +193,90 @@ def _prefetched(stream: Iterator[tuple[int, Any]], depth: int) -> Iterator[Any]:
         stop.set()
 
 
+_MOVED = {
+    "eval_data": "fg.train.Evaluate(data, metrics, every=, batch_size=)",
+    "metrics": "fg.train.Evaluate(data, metrics, every=, batch_size=)",
+    "eval_every": "fg.train.Evaluate(data, metrics, every=, batch_size=)",
+    "eval_batch_size": "fg.train.Evaluate(data, metrics, every=, batch_size=)",
+    "early_stopping": "fg.train.EarlyStopping(...) after the Evaluate hook",
+    "log_every": "fg.train.LogMetrics(every=)",
+    "checkpoint_dir": "fg.train.Checkpoint(dir, every, keep=, resume=)",
+    "checkpoint_every": "fg.train.Checkpoint(dir, every, keep=, resume=)",
+    "keep": "fg.train.Checkpoint(dir, every, keep=, resume=)",
+    "resume": "fg.train.Checkpoint(dir, every, keep=, resume=)",
+    "progress": "fg.train.Progress() (in default_hooks(); leave it out for no bar)",
+}
+
+
+def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook], plan: Plan | None) -> list[Hook]:
+    """The hooks the deprecated keywords of `fit` spell, then ``hooks`` (same class replaces)."""
+    unknown = sorted(set(old) - set(_MOVED))
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword arguments {unknown}")
+    names = ", ".join(f"{k}= → {_MOVED[k]}" for k in old)
+    warnings.warn(
+        f"fit: these keywords are deprecated; pass hooks instead: {names}; e.g. "
+        "hooks=[*fg.train.default_hooks(), fg.train.Evaluate(test_data)]",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    built: list[Hook] = [LogMetrics(old.get("log_every"))]
+    if old.get("eval_data") is not None:
+        built.append(
+            Evaluate(
+                old["eval_data"], old.get("metrics"), old.get("eval_every"),
+                old.get("eval_batch_size"),
+            )
+        )  # fmt: skip
+    if old.get("early_stopping") is not None:
+        built.append(old["early_stopping"])
+    if old.get("checkpoint_dir") is not None:
+        every = old.get("checkpoint_every") or 0
+        built.append(
+            Checkpoint(old["checkpoint_dir"], every, keep=old.get("keep", 3),
+                       resume=old.get("resume", True), mesh=plan)
+        )  # fmt: skip
+    chosen = [h for h in built if not any(type(u) is type(h) for u in hooks)]
+    bar = [Progress()] if old.get("progress", True) else []
+    return [*chosen, *hooks, *bar]
+
+
+def default_hooks() -> list[Hook]:
+    """The hooks `fit` runs when given none: ``[LogMetrics(), Progress()]``.
+
+    Add to them in one line: ``hooks=[*fg.train.default_hooks(), fg.train.Evaluate(test)]``.
+
+    Example:
+      >>> import funcgrad as fg
+      >>> [type(h).__name__ for h in fg.train.default_hooks()]
+      ['LogMetrics', 'Progress']
+    """
+    return [LogMetrics(), Progress()]
+
+
+def _intervals(hooks: list[Hook], log: int, fused: int) -> list[int]:
+    """Each hook's interval in steps, a multiple of ``fused`` (0: only at the end).
+
+    Not set (None): `LogMetrics` and `Progress` log at ``log``, `EarlyStopping` checks after
+    each evaluation, every other hook runs at the end only. The hooks are not changed.
+    """
+    eval_every = next((interval(h.every, 0, fused) for h in hooks if isinstance(h, Evaluate)), None)
+    result = []
+    for hook in hooks:
+        if isinstance(hook, EarlyStopping):
+            if eval_every is None:
+                raise ConfigError(
+                    "fit: EarlyStopping watches evaluation scores, but no Evaluate hook comes "
+                    "before it; pass hooks=[..., fg.train.Evaluate(data), fg.train.EarlyStopping()]"
+                )
+            result.append(interval(hook.every, eval_every, fused))
+        elif isinstance(hook, (LogMetrics, Progress)):
+            result.append(interval(hook.every, log, fused))
+        else:
+            result.append(interval(hook.every, 0, fused))
+    return result
+
+
 def fit(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
@@ -169,82 +287,71 @@ def fit(
     batch_size: int,
     steps: int | None = None,
     epochs: int | None = None,
+    hooks: Sequence[Hook] | None = None,
     model_state: Any = None,
     opt_state: Any = None,
     has_aux: bool = False,
-    eval_data: Any = None,
-    metrics: Mapping[str, Callable[..., Any]] | None = None,
-    eval_every: int | None = None,
-    eval_batch_size: int | None = None,
-    early_stopping: EarlyStopping | None = None,
-    log_every: int | None = None,
-    checkpoint_dir: str | os.PathLike[str] | None = None,
-    checkpoint_every: int | None = None,
-    keep: int = 3,
-    resume: bool = True,
+    with_key: bool | None = None,
     fused: int = 1,
     prefetch: int = 0,
     nan_guard: bool = True,
-    progress: bool = True,
     mesh: Mesh | Plan | None = None,
-    hooks: Sequence[Hook] = (),
+    **deprecated: Any,
 ) -> FitResult:
-    """Train ``params`` on ``data`` with ``optimizer`` for ``steps`` or ``epochs``.
+    """Train ``params`` on ``data`` with ``optimizer`` for ``steps`` or ``epochs``, running ``hooks``.
 
     A loop over `make_step` (or `make_multistep` with ``fused``) on a `TrainState`; the
-    rest is hooks (`LogMetrics`, `Evaluate`, `EarlyStopping`, `Checkpoint`, `Progress`),
-    built from the arguments below. ``hooks`` adds your own; one of the same class as a
-    built-in replaces it. docs/training.md shows the same loop written by hand.
+    rest is hooks: `LogMetrics`, `Evaluate`, `EarlyStopping`, `Checkpoint`, `Progress`, or
+    your own. Without ``hooks`` it runs `default_hooks` (``[LogMetrics(), Progress()]``);
+    a list is run as given, in order (a `LogMetrics` is added first if it has none: it
+    keeps the history and stops the run at a NaN). Add to the defaults in one line:
+    ``hooks=[*fg.train.default_hooks(), fg.train.Evaluate(test_data, {"accuracy": acc})]``.
+    `fit` changes neither the hooks nor any array you pass. docs/training.md shows the
+    same loop written by hand.
 
     Args:
-      loss_fn: ``loss_fn(params, batch)``; with a third parameter it also gets a PRNG key
-        per step (dropout), drawn deterministically from ``key``; with ``model_state``
-        given, ``loss_fn(params, model_state, batch[, key])`` returning ``(loss, new_state)``.
+      loss_fn: ``loss_fn(params, batch)``; with ``with_key=True`` also ``key=``, one per
+        step (dropout), drawn deterministically from ``key``; with ``model_state``
+        given, ``loss_fn(params, model_state, batch)`` returning ``(loss, new_state)``.
         ``has_aux``: it returns ``(loss, aux_dict)`` (or ``(loss, (new_state, aux))``).
       optimizer: any optax ``GradientTransformation``.
-      params: initial parameters. ``opt_state`` defaults to ``optimizer.init(params)``.
+      params: initial parameters (copied: yours stay valid). ``opt_state`` defaults to
+        ``optimizer.init(params)``.
       data: pytree of arrays (NumPy or JAX) with a leading example axis. Each epoch
         visits every full batch once, in an order drawn from ``key``.
-      key: the run's one seed: data order and dropout keys derive from it.
+      key: the run's one seed (``jax.random.key``): data order and dropout keys derive from it.
       batch_size, steps, epochs: give exactly one of ``steps`` and ``epochs``.
-      eval_data, metrics, eval_every: every ``eval_every`` steps (default: only at the
-        end), the mean of ``eval_loss`` and each ``metrics[name](params, batch)`` (with
-        state: ``(params, model_state, batch)``) over ``eval_data``, into the history.
-      early_stopping: stop when an evaluation metric stops improving.
-      log_every: steps between history rows and progress-bar updates. The default, about
-        one row an epoch (at least 10 and at most 100 steps apart), does not depend on
-        the run's length, so a resumed or extended run logs at the same steps. Reading
-        metrics waits for the device, so it is not done every step.
-      checkpoint_dir, checkpoint_every, keep, resume: save the `TrainState` and the
-        history every ``checkpoint_every`` steps (default: only at the end), keeping the
-        newest ``keep``; with ``resume``, continue from the newest checkpoint there: the
-        parameters are bitwise those of an uninterrupted run (on CPU) and so is the history.
-        `load_params` reads the trained parameters back for inference.
-      fused: run this many steps per compiled call (`make_multistep`); logging,
-        evaluation and checkpoint intervals are rounded up to multiples of it.
+      hooks: what runs besides the steps (above).
+      fused: run this many steps per compiled call (`make_multistep`); hook intervals
+        are rounded up to multiples of it.
       prefetch: slice and copy this many batches to the device ahead, in a background
         thread (0: none). The batches and results are the same either way.
-      nan_guard: wrap the optimizer in `nan_guard`: stop at the first non-finite loss or
-        gradient, naming the step, and return the parameters from before it.
-      progress: show a progress bar (loss, evaluation, compile time apart from stepping).
+      nan_guard: wrap the optimizer in `nan_guard`: at the first non-finite loss or
+        gradient, stop (at the next logging point) with a `RuntimeWarning` naming the step,
+        and return the parameters from before it.
       mesh: run sharded, as `make_step` does: a `jax.sharding.Mesh` (data parallel) or a
         `funcgrad.parallel.Plan`. With several processes (`funcgrad.parallel.initialize`),
         every process passes the same ``data`` and ``key`` and keeps its own rows of each batch.
-      hooks: more `Hook`s, run after the built-in ones (before the progress bar).
+
+    The keywords ``eval_data``, ``metrics``, ``eval_every``, ``eval_batch_size``,
+    ``early_stopping``, ``log_every``, ``checkpoint_dir``, ``checkpoint_every``, ``keep``,
+    ``resume`` and ``progress`` still work, with a `DeprecationWarning`: they are the
+    hooks' arguments now.
 
     Returns:
-      A `FitResult` with the final ``params``, ``opt_state``, ``model_state``, ``history``,
-      ``step``, ``stopped`` (why it stopped early, or None) and the whole ``state``.
+      A `FitResult`: the final ``state`` (and its ``params``, ``opt_state``,
+      ``model_state``, ``step``), the ``history``, and ``stopped`` (why it stopped early, or None).
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, optax, funcgrad as fg
       >>> x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
       >>> loss_fn = lambda w, b: jnp.mean((b[0] * w - 3 * b[0]) ** 2)
       >>> result = fg.train.fit(loss_fn, optax.sgd(0.5), jnp.zeros(()), (x,),
-      ...                       key=jax.random.key(0), batch_size=16, epochs=20, progress=False)
+      ...                       key=jax.random.key(0), batch_size=16, epochs=20, hooks=[])
       >>> round(float(result.params), 3), result.step
       (3.0, 80)
     """
+    check_key(key, "fit(key=)")
     n = num_examples(data)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise ConfigError(
@@ -257,15 +364,26 @@ def fit(
     if not isinstance(fused, int) or fused < 1:
         raise ConfigError(f"fit: fused must be a positive int; got {fused!r}")
     has_state = model_state is not None
+    check_live((params, model_state, opt_state), "fit")
     plan = as_plan(mesh)
+    if deprecated:
+        all_hooks = _legacy_hooks(deprecated, list(hooks or ()), plan)
+    else:
+        all_hooks = default_hooks() if hooks is None else list(hooks)
+        if not any(isinstance(h, LogMetrics) for h in all_hooks):
+            all_hooks.insert(0, LogMetrics())
     if nan_guard and not isinstance(jax.eval_shape(optimizer.init, params), NanGuardState):
         optimizer = states.nan_guard(optimizer)
     if opt_state is not None and nan_guard and not isinstance(opt_state, NanGuardState):
         zero = jnp.zeros((), jnp.int32)
         opt_state = NanGuardState(opt_state, zero, zero - 1)
-    step_options = {"has_aux": has_aux, "has_state": has_state, "mesh": plan}
-    step = make_step(loss_fn, optimizer, **step_options)  # type: ignore[arg-type]
-    multi = make_multistep(loss_fn, optimizer, fused, **step_options) if fused > 1 else None  # type: ignore[arg-type]
+    style = key_style(loss_fn, with_key, has_state, "fit")
+    with warnings.catch_warnings():  # key_style has said it once, in the caller's words
+        warnings.simplefilter("ignore", DeprecationWarning)
+        options = {"has_aux": has_aux, "has_state": has_state, "mesh": plan, "with_key": with_key}
+        step = make_step(loss_fn, optimizer, **options)  # type: ignore[arg-type]
+        multi = make_multistep(loss_fn, optimizer, fused, **options) if fused > 1 else None  # type: ignore[arg-type]
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, None)
 
     # One copy up front: the step donates its buffers, and the caller's arrays must survive fit.
     params, model_state, opt_state = jax.tree.map(
@@ -276,11 +394,9 @@ def fit(
             optimizer.init(params) if opt_state is None else opt_state,
         ),
     )
-    with_key = takes_key(loss_fn, has_state)
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state)
     first_batch = jax.tree.map(lambda a: a[:batch_size], data)
     shapes = jax.eval_shape(
-        lambda p, s, o, b: update(p, s, o, b, jax.random.key(0) if with_key else None)[3],
+        lambda p, s, o, b: update(p, s, o, b, jax.random.key(0) if style else None)[3],
         params, model_state, opt_state, first_batch,
     )  # fmt: skip
     key_data, key_impl = key_parts(key)
@@ -288,46 +404,25 @@ def fit(
         params, opt_state, model_state, jnp.asarray(0, jnp.int32), key_data, zero_sums(shapes),
         key_impl,
     )  # fmt: skip
-    run = Run(state=state, step=0, total=total)
-    every = {
-        "log": interval(log_every, _default_log_every(per_epoch, fused), fused),
-        "eval": interval(eval_every, 0, fused),
-        "checkpoint": interval(checkpoint_every, 0, fused),
-    }
-    built: list[Hook] = [LogMetrics(every["log"])]
-    if eval_data is not None:
-        loss_only = _loss_only(loss_fn, has_aux, has_state, with_key)
-        built.append(
-            Evaluate(
-                eval_data,
-                metrics,
-                every["eval"],
-                eval_batch_size or batch_size,
-                loss_only,
-                has_state,
-            )
-        )
-    if early_stopping is not None:
-        early_stopping.every = every["eval"]
-        built.append(early_stopping)
-    if checkpoint_dir is not None:
-        built.append(
-            Checkpoint(checkpoint_dir, every["checkpoint"], keep=keep, resume=resume, mesh=plan)
-        )
-    bar = Progress(every["log"]) if progress else None
-    chosen = [h for h in built if not any(type(u) is type(h) for u in hooks)]
-    all_hooks = [*chosen, *hooks, *([bar] if bar is not None else [])]
+    run = Run(
+        state=state, step=0, total=total, batch_size=batch_size, has_state=has_state,
+        loss=_loss_only(loss_fn, has_aux, has_state, style),
+    )  # fmt: skip
+    bars: list[Progress] = [h for h in all_hooks if isinstance(h, Progress)]
+    all_hooks = [*(h for h in all_hooks if not isinstance(h, Progress)), *bars]  # bar last
+    every = _intervals(all_hooks, _default_log_every(per_epoch, fused), fused)
 
     for hook in all_hooks:
         hook.start(run)
     if plan is not None:
         run.state = place_state(plan, run.state, check_rules=True)
-    stream = _calls(jax.random.fold_in(key, 0), data, batch_size, run.step, total, fused)
+    data_key = jax.random.fold_in(key, 0)
+    stream = _calls(data_key, data, batch_size, run.step, total, fused)
     if plan is not None:
         stream = _process_rows(stream, batch_size)
     if prefetch:
         stream = _prefetched(stream, prefetch)
-    due = [(h, h.every) for h in all_hooks if h.every > 0]
+    due = [(h, e) for h, e in zip(all_hooks, every, strict=True) if e > 0]
     next_event = _next_event(run.step, due)
     first = True
     try:
@@ -337,7 +432,7 @@ def fit(
             run.step += k
             if first:
                 first = False
-                if bar is not None:
+                for bar in bars:
                     bar.first_call_done(run)
             if run.step >= next_event:
                 for hook, hook_every in due:
@@ -348,17 +443,33 @@ def fit(
         for hook in all_hooks:
             hook.end(run)
     finally:
-        if bar is not None and bar.bar is not None:
-            bar.bar.close()
-    final = run.state
-    return FitResult(
-        final.params,
-        unwrap_guard(final.opt_state) if nan_guard else final.opt_state,
-        final.model_state if has_state else None,
-        run.history,
-        run.step,
-        run.stopped,
-        final,
+        for bar in bars:
+            bar.close()
+    if run.nonfinite:
+        _warn_nonfinite(run.step, data, data_key, batch_size)
+    return FitResult(run.state, run.history, run.stopped)
+
+
+def _warn_nonfinite(bad: int, data: Any, data_key: jax.Array, batch_size: int) -> None:
+    """Say, as a `RuntimeWarning`, at which step the loss went non-finite, and whether that
+    step's batch held non-finite inputs."""
+    _, batch = next(_calls(data_key, data, batch_size, bad, bad + 1, 1))
+    floats = [
+        np.asarray(a)
+        for a in jax.tree.leaves(batch)
+        if np.issubdtype(np.asarray(a).dtype, np.inexact)
+    ]
+    if any(not np.all(np.isfinite(a)) for a in floats):
+        cause = "the batch of that step holds non-finite inputs (NaN or inf in the data)"
+    elif floats:
+        cause = "the batch of that step is finite, so the model diverged (lower the learning rate?)"
+    else:
+        cause = "the model diverged (lower the learning rate?)"
+    warnings.warn(
+        f"fit: the loss or gradients were not finite at step {bad}: {cause}; fit stopped and "
+        "returned the parameters from before that step (result.stopped says the same)",
+        RuntimeWarning,
+        stacklevel=3,
     )
 
 
@@ -374,12 +485,15 @@ def _next_event(step: int, due: list[tuple[Hook, int]]) -> int:
 
 
 def _loss_only(
-    loss_fn: Callable[..., Any], has_aux: bool, has_state: bool, with_key: bool
+    loss_fn: Callable[..., Any], has_aux: bool, has_state: bool, style: str | None
 ) -> Callable[..., Any]:
-    """``loss_fn`` as an evaluation metric: no key, the loss alone."""
+    """``loss_fn`` as an evaluation metric: key None (dropout off), the loss alone."""
 
     def loss(*args: Any) -> Any:
-        out = loss_fn(*args, None) if with_key else loss_fn(*args)
+        if style is None:
+            out = loss_fn(*args)
+        else:
+            out = loss_fn(*args, key=None) if style == "keyword" else loss_fn(*args, None)
         return out[0] if (has_aux or has_state) else out
 
     return loss

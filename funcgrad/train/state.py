@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from funcgrad.errors import DonatedError
+
 
 @functools.partial(
     jax.tree_util.register_dataclass,
@@ -70,10 +72,13 @@ class TrainState:
     ) -> TrainState:
         """A fresh state: ``opt_state`` defaults to ``optimizer.init(params)``; sums of the loss only.
 
-        A step donates the state, ``params`` included; ``key`` is copied, so the caller may
-        go on using it (to order the data, say).
+        ``params``, ``model_state``, ``opt_state`` and ``key`` are copied: a step donates the
+        state's buffers, and the arrays you passed stay yours (``model.apply(params, x)``
+        still works after training).
         """
+        check_live((params, model_state, opt_state), "TrainState.create")
         data, impl = key_parts(key)
+        params, model_state, opt_state = jax.tree.map(jnp.copy, (params, model_state, opt_state))
         return cls(
             params=params,
             opt_state=optimizer.init(params) if opt_state is None else opt_state,
@@ -101,6 +106,26 @@ class TrainState:
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict: the layout of the checkpoints `fit` writes."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def check_live(tree: Any, what: str) -> None:
+    """Raise `DonatedError` if an array of ``tree`` was donated to a step (its buffer is gone).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> check_live({"w": jnp.ones(2)}, "fit")  # fine: returns None
+    """
+    leaves = jax.tree.leaves(tree)
+    concrete = [
+        a for a in leaves if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+    ]
+    if any(a.is_deleted() for a in concrete):
+        raise DonatedError(
+            f"{what}: an array passed in was donated to a training step, which reused its "
+            "buffer; use the state the step returned (state.params), not the arrays that went "
+            "in. TrainState.create and fit copy what you give them, so arrays you pass there "
+            "stay valid"
+        )
 
 
 def key_parts(key: jax.Array) -> tuple[jax.Array, str | None]:
@@ -135,18 +160,23 @@ class NanGuardState(NamedTuple):
     first_bad: jax.Array
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def finite(*trees: Any) -> jax.Array:
+    """Whether every inexact value in ``trees`` is finite, as one boolean scalar.
+
+    ``x * 0`` is 0 for a finite ``x`` and NaN for NaN or ±inf, so one sum per leaf and one
+    `jnp.isfinite` decide, where an ``isfinite`` per leaf would need a boolean reduction per
+    leaf and a stack; it cannot overflow, as a sum of squares can.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for x in jax.tree.leaves(trees):
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            total = total + jnp.sum(jnp.real(x) * 0 + jnp.imag(x) * 0).astype(jnp.float32)
+    return jnp.isfinite(total)
 
 
 def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Wrap an optimizer so that the first step with a non-finite loss, gradient or update, and
-    every step after it, changes nothing; the state records which step that was.
+    """Wrap an optimizer so that the first step with a non-finite loss or gradient, and every
+    step after it, changes nothing; the state records which step that was.
 
     `optax.apply_if_finite` skips a bad step and carries on (and applies updates again after
     ``max_consecutive_errors``); a training run that met a NaN must instead stop with the
@@ -169,20 +199,26 @@ def nan_guard(inner: optax.GradientTransformation) -> optax.GradientTransformati
     def update(
         grads: Any, state: NanGuardState, params: Any = None, *, value: Any = None, **extra: Any
     ) -> tuple[Any, NanGuardState]:
+        # Decided before the optimizer runs, from the loss and the gradients (one fused sum
+        # each), so that the optimizer runs inside the conditional's taken branch, in place,
+        # fused as without a guard; the other branch returns zero updates and the old state.
+        # (Selects after the update, or a conditional over its results, cost a pass or a
+        # copy per leaf.)
+        ok = finite(value, grads) & (state.first_bad < 0)
         if isinstance(inner, optax.GradientTransformationExtraArgs):
             extra = {**extra, **({} if value is None else {"value": value})}
-            updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
         else:
-            updates, inner_state = inner.update(grads, state.inner_state, params)
-        ok = _all_finite(grads) & _all_finite(updates) & (state.first_bad < 0)
-        if value is not None:
-            ok = ok & jnp.all(jnp.isfinite(value))
-        # One conditional for the whole update: per-leaf selects cost a kernel each on CPU.
-        updates, inner_state = jax.lax.cond(
-            ok,
-            lambda: (updates, inner_state),
-            lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state),
-        )
+            extra = {}
+
+        def step() -> tuple[Any, Any]:
+            return inner.update(grads, state.inner_state, params, **extra)
+
+        def skip() -> tuple[Any, Any]:
+            shapes = jax.eval_shape(step)[0]
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            return zeros, state.inner_state
+
+        updates, inner_state = jax.lax.cond(ok, step, skip)
         first_bad = jnp.where(~ok & (state.first_bad < 0), state.steps, state.first_bad)
         return updates, NanGuardState(inner_state, state.steps + 1, first_bad)
 

@@ -32,31 +32,107 @@ def _scalar_loss(value: Any) -> Any:
     return value
 
 
+def key_style(
+    loss_fn: Callable[..., Any],
+    with_key: bool | None,
+    has_state: bool = False,
+    what: str = "make_step",
+) -> str | None:
+    """How ``loss_fn`` gets its PRNG key: ``"keyword"`` (``key=``), ``"positional"`` (deprecated), or None.
+
+    ``with_key=True`` passes ``key=`` (the loss declares a ``key`` parameter); ``False`` passes
+    none. ``None`` (not said) keeps the old inference for a while: a loss whose parameter
+    after the batch is positional and *required* gets the key there, with a
+    `DeprecationWarning`; a parameter with a default never receives a key.
+    """
+    try:
+        params = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):
+        params = None
+    if with_key:
+        if params is not None and not any(
+            p.kind is p.VAR_KEYWORD
+            or (p.name == "key" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            for p in params.values()
+        ):
+            raise ConfigError(
+                f"{what}: with_key=True passes the step's PRNG key as key=, but loss_fn "
+                f"{getattr(loss_fn, '__name__', loss_fn)!s} has no parameter named key; "
+                "declare it: def loss_fn(params, batch, *, key)"
+            )
+        return "keyword"
+    if with_key is not None or params is None:
+        return None
+    positional = [
+        p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    after = 3 if has_state else 2
+    if len(positional) > after and positional[after].default is inspect.Parameter.empty:
+        warnings.warn(
+            f"{what}: passing a PRNG key because loss_fn has a required parameter after the "
+            "batch is deprecated; say so: make_step(loss_fn, optimizer, with_key=True) with "
+            "def loss_fn(params, batch, *, key)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return "positional"
+    return None
+
+
 def make_update(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     *,
     has_aux: bool = False,
     has_state: bool = False,
+    with_key: bool | None = None,
     mesh: Mesh | Plan | None = None,
 ) -> Update:
     """The un-jitted ``update(params, model_state, opt_state, batch, key)`` behind the steps.
 
-    ``loss_fn`` is called as ``loss_fn(params, batch)``, with ``key`` appended when it is
-    not None and ``model_state`` inserted after ``params`` when ``has_state``. It returns
-    the loss; ``(loss, aux)`` with ``has_aux``; ``(loss, new_state)`` with ``has_state``;
+    ``loss_fn`` is called as ``loss_fn(params, batch)``, with ``model_state`` inserted after
+    ``params`` when ``has_state``, and ``key=key`` with ``with_key=True``. It returns the
+    loss; ``(loss, aux)`` with ``has_aux``; ``(loss, new_state)`` with ``has_state``;
     ``(loss, (new_state, aux))`` with both. An optimizer that takes extra arguments
-    (`optax.GradientTransformationExtraArgs`, e.g. `nan_guard`) gets the loss as ``value``. With ``mesh``, the new parameters and states
-    are constrained to the plan's layout, so a sharded step keeps them where they were.
+    (`optax.GradientTransformationExtraArgs`, e.g. `nan_guard`) gets the loss as ``value``.
+    With ``mesh``, the new parameters and states are constrained to the plan's layout, so a
+    sharded step keeps them where they were.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, funcgrad as fg
+      >>> loss_fn = lambda w, b, *, key: jnp.mean((b * w - 2 * b + 0 * jax.random.normal(key)) ** 2)
+      >>> opt = optax.sgd(0.1)
+      >>> update = fg.train.make_update(loss_fn, opt, with_key=True)
+      >>> w, _, _, metrics = update(jnp.zeros(()), {}, opt.init(jnp.zeros(())), jnp.ones(4), jax.random.key(0))
+      >>> round(float(w), 3), round(float(metrics["loss"]), 3)
+      (0.4, 4.0)
     """
+    return update_fn(
+        loss_fn, optimizer, has_aux, has_state, key_style(loss_fn, with_key, has_state), mesh
+    )
+
+
+def update_fn(
+    loss_fn: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    has_aux: bool,
+    has_state: bool,
+    style: str | None,
+    mesh: Mesh | Plan | None,
+) -> Update:
+    """`make_update` for a key style `key_style` has already settled (so it warns only once)."""
     plan = as_plan(mesh)
+
+    def call(args: tuple[Any, ...], key: Any) -> Any:
+        if style is None or key is None:
+            return loss_fn(*args)
+        return loss_fn(*args, key=key) if style == "keyword" else loss_fn(*args, key)
 
     def update(
         params: Any, model_state: Any, opt_state: Any, batch: Any, key: Any
     ) -> tuple[Any, Any, Any, Metrics]:
         def objective(p: Any) -> tuple[Any, tuple[Any, Metrics]]:
-            args = (p, model_state, batch) if has_state else (p, batch)
-            out = loss_fn(*args) if key is None else loss_fn(*args, key)
+            out = call((p, model_state, batch) if has_state else (p, batch), key)
             if not (has_aux or has_state):
                 return _scalar_loss(out), (model_state, {})
             loss, extra = out
@@ -80,18 +156,6 @@ def make_update(
         return params, new_state, opt_state, {"loss": loss, **aux}
 
     return update
-
-
-def takes_key(loss_fn: Callable[..., Any], has_state: bool = False) -> bool:
-    """Whether ``loss_fn`` has a positional parameter for a PRNG key after the batch."""
-    try:
-        sig = inspect.signature(loss_fn)
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(positional) > (3 if has_state else 2)
 
 
 class _ShapeWatch:
@@ -133,15 +197,29 @@ def _state_update(update: Update, with_key: bool) -> Callable[[TrainState, Any],
     return run
 
 
-class Step:
-    """A compiled training step: call it on a `TrainState` or on the arrays themselves.
+def _donated(what: str, err: Exception) -> Exception:
+    """XLA's "buffer deleted" error, said in the user's words; other errors as they are."""
+    if "deleted" not in str(err) and "donated" not in str(err):
+        return err
+    return DonatedError(
+        f"{what}: an array passed to this step was donated to an earlier call (its buffers now "
+        "hold that call's results). Pass the state the step returned "
+        "(state, metrics = step(state, batch)); to keep arrays of your own, make the state "
+        "with TrainState.create (it copies them) or the step with donate=False"
+    )
 
-    ``step(state, batch) -> (state, metrics)``, or
-    ``step(params, opt_state, batch, key=None) -> (params, opt_state, metrics)`` (with
-    ``model_state`` after ``params`` when the step has state). Each form is one ``jax.jit``
-    function (``.on_state``, ``.on_arrays``) with its buffers donated; this wrapper picks
-    one, lays the arguments out on the plan's mesh when there is one, and turns XLA's
-    "buffer deleted" error into one that says the step donated them.
+
+class Step:
+    """A compiled training step: ``step(state, batch) -> (state, metrics)`` on a `TrainState`.
+
+    The call is the ``jax.jit`` function ``.on_state`` (the state's buffers donated unless
+    ``donate=False``), plus, with a plan, laying the arguments out on its mesh; XLA's
+    "buffer deleted" error becomes a `DonatedError` that says what to pass instead.
+
+    `arrays` is the same step on the arrays themselves, for code that keeps them apart:
+    ``step.arrays(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``
+    (``model_state`` after ``params`` when the step has state). It donates nothing unless
+    the step was made with ``donate=True``: the arrays are yours.
     """
 
     def __init__(
@@ -151,46 +229,68 @@ class Step:
         self.plan, self.trees, self.batch_axis = plan, trees, axis
         self.checked = False
 
-    def _place(self, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
-        if isinstance(args[0], TrainState):
-            fn, trees = self.on_state, 1
-        else:
-            fn, trees = self.on_arrays, self.trees
+    def __call__(self, state: TrainState, batch: Any, *arrays: Any, **kwargs: Any) -> Any:
+        if arrays or kwargs:
+            warnings.warn(
+                f"{self.what}: step(params, opt_state, batch, key) is deprecated; call "
+                "step(state, batch) on a TrainState (TrainState.create(params, optimizer, "
+                "key=key)), or step.arrays(params, opt_state, batch, key) for the arrays",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self.arrays(state, batch, *arrays, **kwargs)
+        if self.plan is not None:
+            state = place_state(self.plan, state, check_rules=not self.checked)
+            self.checked = True
+            batch = self.plan.put_batch(batch, self.batch_axis)
+        try:
+            return self.on_state(state, batch)
+        except (ValueError, RuntimeError) as err:
+            raise _donated(self.what, err) from err
+
+    def arrays(self, *args: Any, **kwargs: Any) -> Any:
+        """The step on the arrays: ``(params, [model_state,] opt_state, batch, key=None)``.
+
+        Example:
+          >>> import jax.numpy as jnp, optax, funcgrad as fg
+          >>> opt = optax.sgd(0.1)
+          >>> step = fg.train.make_step(lambda w, b: jnp.mean((b * w - 2 * b) ** 2), opt)
+          >>> w, opt_state = jnp.zeros(()), opt.init(jnp.zeros(()))
+          >>> for _ in range(50):
+          ...     w, opt_state, metrics = step.arrays(w, opt_state, jnp.ones(4))
+          >>> round(float(w), 3)
+          2.0
+        """
+        args = self._place_arrays(args)
+        try:
+            return self.on_arrays(*args, **kwargs)
+        except (ValueError, RuntimeError) as err:
+            raise _donated(self.what, err) from err
+
+    def _place_arrays(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if self.plan is None:
-            return fn, args
-        placed = [self._place_tree(t, i == 0) for i, t in enumerate(args[:trees])]
+            return args
+        trees = self.trees
+        check = not self.checked
+        placed = [
+            self.plan.place(t, check_rules=check and i == 0) for i, t in enumerate(args[:trees])
+        ]
         self.checked = True
         batch = self.plan.put_batch(args[trees], self.batch_axis)
         rest = [
             None if a is None else self.plan.place(a, replicated=True) for a in args[trees + 1 :]
         ]
-        return fn, (*placed, batch, *rest)
-
-    def _place_tree(self, tree: Any, first: bool) -> Any:
-        assert self.plan is not None
-        check = first and not self.checked
-        if isinstance(tree, TrainState):
-            return place_state(self.plan, tree, check_rules=check)
-        return self.plan.place(tree, check_rules=check)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        fn, args = self._place(args)
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, RuntimeError) as err:
-            if "deleted" not in str(err) and "donated" not in str(err):
-                raise
-            raise DonatedError(
-                f"{self.what}: an argument was already donated to an earlier call of this step "
-                "(its buffers now hold that call's results). Pass the state the step returned "
-                "(params, opt_state = step(params, opt_state, batch)), or make the step with "
-                "donate=False to keep your arrays"
-            ) from err
+        return (*placed, batch, *rest)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
-        """Lower the step for these arguments (`funcgrad.inspect.cost` uses it)."""
-        fn, args = self._place(args)
-        return fn.lower(*args, **kwargs)
+        """Lower the step for these arguments, either form (`funcgrad.inspect.cost` uses it)."""
+        if len(args) == 2 and isinstance(args[0], TrainState):
+            state, batch = args
+            if self.plan is not None:
+                state = place_state(self.plan, state, check_rules=True)
+                batch = self.plan.put_batch(batch, self.batch_axis)
+            return self.on_state.lower(state, batch)
+        return self.on_arrays.lower(*self._place_arrays(args), **kwargs)
 
 
 def place_state(plan: Plan, state: TrainState, *, check_rules: bool = False) -> TrainState:
@@ -202,30 +302,38 @@ def place_state(plan: Plan, state: TrainState, *, check_rules: bool = False) -> 
     return TrainState(params, opt_state, model_state, step, key, sums, state.key_impl)
 
 
+def _donations(
+    donate: bool | None, arrays: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Donated arguments of the state form and of the array form: the state's buffers are the
+    library's (`TrainState.create` copies), the arrays are the caller's unless ``donate=True``."""
+    return ((0,) if donate is not False else ()), (arrays if donate else ())
+
+
 def make_step(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
     *,
     has_aux: bool = False,
     has_state: bool = False,
-    donate: bool = True,
+    with_key: bool | None = None,
+    donate: bool | None = None,
     mesh: Mesh | Plan | None = None,
 ) -> Step:
-    """A jitted training step over any optax optimizer.
+    """A jitted training step over any optax optimizer: ``step(state, batch) -> (state, metrics)``.
 
-    ``step(state, batch) -> (state, metrics)`` on a `TrainState`: the key of each step is
-    drawn from ``state.key`` and ``state.step`` when ``loss_fn`` takes one, and the
-    metrics are added to ``state.sums``. Or on the arrays:
-    ``step(params, opt_state, batch, key=None) -> (params, opt_state, metrics)``, with
-    ``has_state=True`` (batch-norm statistics)
-    ``step(params, model_state, opt_state, batch, key=None) -> (params, model_state, opt_state, metrics)``.
+    ``state`` is a `TrainState` (`TrainState.create`); ``metrics`` is ``{"loss": loss,
+    **aux}``, also added to ``state.sums``. ``loss_fn(params, batch)`` returns a scalar, or a
+    tuple as `make_update` says; with ``has_state``, ``loss_fn(params, model_state, batch)``.
+    With ``with_key=True`` it is also passed ``key=``, drawn per step from ``state.key`` and
+    ``state.step`` (dropout). (A loss whose parameter after the batch is required gets the
+    key there without being told, for now, with a `DeprecationWarning`.)
 
-    ``loss_fn(params, batch)`` (``loss_fn(params, model_state, batch)`` with state; ``key``
-    appended when the step gets one) returns a scalar, or a tuple as `make_update` says.
-    ``metrics`` is ``{"loss": loss, **aux}``. With ``donate=True`` the state's buffers are
-    donated, so XLA updates them in place: use the ones the step returns, not the ones you
-    passed in (passing those again raises `DonatedError`). A batch of new shapes
-    recompiles the step, with a warning.
+    The state's buffers are donated (XLA updates them in place) unless ``donate=False``:
+    use the state the step returns; passing a consumed one again raises `DonatedError`.
+    `TrainState.create` copies what you give it, so your own arrays stay valid. A batch of
+    new shapes recompiles the step, with a warning. ``step.arrays(params, opt_state, batch,
+    key=None)`` is the same step on the arrays (see `Step`).
 
     With ``mesh`` (a `jax.sharding.Mesh`: data parallel; or a `funcgrad.parallel.Plan`:
     FSDP or tensor-parallel rules) the same step runs sharded: parameters and optimizer
@@ -240,23 +348,24 @@ def make_step(
       ...     return jnp.mean((x * w - y) ** 2)
       >>> opt = optax.sgd(0.1)
       >>> step = fg.train.make_step(loss_fn, opt)
-      >>> w = jnp.array(0.0)
-      >>> state = opt.init(w)
+      >>> state = fg.train.TrainState.create(jnp.array(0.0), opt, key=jax.random.key(0))
       >>> for _ in range(50):
-      ...     w, state, metrics = step(w, state, (jnp.ones(4), 2 * jnp.ones(4)))
-      >>> round(float(w), 3)
+      ...     state, metrics = step(state, (jnp.ones(4), 2 * jnp.ones(4)))
+      >>> round(float(state.params), 3)
       2.0
     """
     plan = as_plan(mesh)
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
+    style = key_style(loss_fn, with_key, has_state)
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
     watch = _ShapeWatch("make_step")
-    on_state = _state_update(update, takes_key(loss_fn, has_state))
+    on_state = _state_update(update, style is not None)
 
     def state_step(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
         watch(batch)
         return on_state(state, batch)
 
-    jit_state = jax.jit(state_step, donate_argnums=(0,) if donate else ())
+    donate_state, donate_arrays = _donations(donate, (0, 1, 2) if has_state else (0, 1))
+    jit_state = jax.jit(state_step, donate_argnums=donate_state)
     if has_state:
 
         def stateful(
@@ -265,7 +374,7 @@ def make_step(
             watch(batch)
             return update(params, model_state, opt_state, batch, key)
 
-        jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        jitted = jax.jit(stateful, donate_argnums=donate_arrays)
         return Step("make_step", jitted, jit_state, plan, 3, 0)
 
     def step(params: Any, opt_state: Any, batch: Any, key: Any = None) -> tuple[Any, Any, Metrics]:
@@ -273,7 +382,7 @@ def make_step(
         params, _, opt_state, metrics = update(params, {}, opt_state, batch, key)
         return params, opt_state, metrics
 
-    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    jitted = jax.jit(step, donate_argnums=donate_arrays)
     return Step("make_step", jitted, jit_state, plan, 2, 0)
 
 
@@ -284,18 +393,18 @@ def make_multistep(
     *,
     has_aux: bool = False,
     has_state: bool = False,
-    donate: bool = True,
+    with_key: bool | None = None,
+    donate: bool | None = None,
     mesh: Mesh | Plan | None = None,
 ) -> Step:
     """``k`` training steps in one compiled call: `jax.lax.scan` over a stacked block of k batches.
 
-    ``multistep(state, batches) -> (state, metrics)`` on a `TrainState` (keys drawn per
-    step as `make_step` draws them), or on the arrays
-    ``multistep(params, opt_state, batches, keys=None) -> (params, opt_state, metrics)``
-    (with ``has_state``, ``model_state`` after ``params``, as in `make_step`). Every leaf
-    of ``batches`` has a leading axis of size ``k``; ``keys``, if given, is an array of k
-    PRNG keys, one per step. ``metrics`` holds each step's values, stacked (shape
-    ``(k,)``). The result equals k calls of `make_step` on the same batches and keys.
+    ``multistep(state, batches) -> (state, metrics)`` on a `TrainState`, keys drawn per
+    step as `make_step` draws them (same ``loss_fn``, ``with_key``, ``donate``). Every leaf
+    of ``batches`` has a leading axis of size ``k``; ``metrics`` holds each step's values,
+    stacked (shape ``(k,)``). The result equals k calls of `make_step` on the same batches.
+    ``multistep.arrays(params, opt_state, batches, keys=None)`` is the array form (``keys``:
+    k PRNG keys, one per step).
 
     One call costs one dispatch instead of k: on small models, where the per-step
     overhead dominates, this is several times faster. Convolutions in the body take their
@@ -308,16 +417,18 @@ def make_multistep(
       >>> opt = optax.sgd(0.1)
       >>> run = fg.train.make_multistep(loss_fn, opt, k=50)
       >>> block = (jnp.ones((50, 4)), 2 * jnp.ones((50, 4)))
-      >>> w, _, metrics = run(jnp.array(0.0), opt.init(jnp.array(0.0)), block)
-      >>> metrics["loss"].shape, round(float(w), 3)
+      >>> state = fg.train.TrainState.create(jnp.array(0.0), opt, key=jax.random.key(0))
+      >>> state, metrics = run(state, block)
+      >>> metrics["loss"].shape, round(float(state.params), 3)
       ((50,), 2.0)
     """
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"make_multistep: k must be a positive int; got {k!r}")
     plan = as_plan(mesh)
-    update = make_update(loss_fn, optimizer, has_aux=has_aux, has_state=has_state, mesh=plan)
+    style = key_style(loss_fn, with_key, has_state, "make_multistep")
+    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
     watch = _ShapeWatch("make_multistep")
-    on_state = _state_update(update, takes_key(loss_fn, has_state))
+    on_state = _state_update(update, style is not None)
 
     def check(batches: Any) -> None:
         watch(batches)
@@ -347,7 +458,8 @@ def make_multistep(
             )
         return params, model_state, opt_state, metrics
 
-    jit_state = jax.jit(state_steps, donate_argnums=(0,) if donate else ())
+    donate_state, donate_arrays = _donations(donate, (0, 1, 2) if has_state else (0, 1))
+    jit_state = jax.jit(state_steps, donate_argnums=donate_state)
     if has_state:
 
         def stateful(
@@ -355,12 +467,12 @@ def make_multistep(
         ) -> Any:
             return run(params, model_state, opt_state, batches, keys)
 
-        jitted = jax.jit(stateful, donate_argnums=(0, 1, 2) if donate else ())
+        jitted = jax.jit(stateful, donate_argnums=donate_arrays)
         return Step("make_multistep", jitted, jit_state, plan, 3, 1)
 
     def multistep(params: Any, opt_state: Any, batches: Any, keys: Any = None) -> Any:
         params, _, opt_state, metrics = run(params, {}, opt_state, batches, keys)
         return params, opt_state, metrics
 
-    jitted = jax.jit(multistep, donate_argnums=(0, 1) if donate else ())
+    jitted = jax.jit(multistep, donate_argnums=donate_arrays)
     return Step("make_multistep", jitted, jit_state, plan, 2, 1)

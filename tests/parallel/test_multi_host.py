@@ -61,7 +61,7 @@ def test_two_processes_train_as_one(tmp_path):
 
     loss_fn, _, params, data = multi_host.build()
     one = train.fit(loss_fn, optax.adam(1e-3), params, data, key=jax.random.key(1), batch_size=64,
-                    steps=steps, progress=False)  # fmt: skip
+                    steps=steps, hooks=[])  # fmt: skip
     step, together = train.restore(tmp_path, params)
     assert step == steps
     for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(one.params), strict=True):

@@ -52,7 +52,7 @@ def run_steps(mesh, n=4):
     params = jax.tree.map(jnp.copy, PARAMS)
     opt_state = opt.init(params)
     for _ in range(n):
-        params, opt_state, metrics = step(params, opt_state, (X, Y))
+        params, opt_state, metrics = step.arrays(params, opt_state, (X, Y))
     return params, opt_state, metrics
 
 
@@ -90,15 +90,15 @@ def test_sharded_step_reports_cost_and_rejects_bad_batches():
     with pytest.raises(
         Exception, match="a batch of 30 examples does not divide over the 8 devices"
     ):
-        step(PARAMS, opt.init(PARAMS), (X[:30], Y[:30]))
+        step.arrays(PARAMS, opt.init(PARAMS), (X[:30], Y[:30]))
 
 
 def test_multistep_on_a_mesh_equals_one_device():
     opt = optax.adam(1e-2)
     block = (jnp.stack([X] * 3), jnp.stack([Y] * 3))
-    ref = train.make_multistep(loss, opt, 3, donate=False)(PARAMS, opt.init(PARAMS), block)
+    ref = train.make_multistep(loss, opt, 3).arrays(PARAMS, opt.init(PARAMS), block)
     sharded = train.make_multistep(loss, opt, 3, mesh=PLANS["fsdp"]())
-    got = sharded(PARAMS, opt.init(PARAMS), block)
+    got = sharded.arrays(PARAMS, opt.init(PARAMS), block)
     close(got[0], ref[0])
     np.testing.assert_allclose(np.asarray(got[2]["loss"]), np.asarray(ref[2]["loss"]), rtol=1e-12)
 
@@ -117,7 +117,7 @@ def test_batch_norm_statistics_span_the_whole_sharded_batch():
         step = train.make_step(bn_loss, opt, has_state=True, mesh=mesh)
         p, s, o = jax.tree.map(jnp.copy, (params, state, opt.init(params)))
         for _ in range(3):
-            p, s, o, _ = step(p, s, o, (X, Y))
+            p, s, o, _ = step.arrays(p, s, o, (X, Y))
         results.append((p, s))
     close(results[1], results[0])
 
@@ -125,13 +125,19 @@ def test_batch_norm_statistics_span_the_whole_sharded_batch():
 def test_fit_on_a_mesh_equals_one_device_and_its_checkpoints_restore_onto_the_mesh(tmp_path):
     data = (jax.random.normal(jax.random.key(3), (128, 24)), jnp.arange(128) % 10)
     opt = optax.adam(1e-2)
-    kwargs = dict(key=jax.random.key(0), batch_size=32, steps=12, progress=False)
-    one = train.fit(loss, opt, PARAMS, data, **kwargs)
+    kwargs = dict(key=jax.random.key(0), batch_size=32, steps=12)
+    one = train.fit(loss, opt, PARAMS, data, hooks=[], **kwargs)
     plan = PLANS["fsdp"]()
     many = train.fit(
-        loss, opt, PARAMS, data, mesh=plan, checkpoint_dir=tmp_path, checkpoint_every=6, **kwargs
+        loss,
+        opt,
+        PARAMS,
+        data,
+        mesh=plan,
+        hooks=[train.Checkpoint(tmp_path, 6, mesh=plan)],
+        **kwargs,
     )
-    fused = train.fit(loss, opt, PARAMS, data, mesh=plan, fused=4, **kwargs)
+    fused = train.fit(loss, opt, PARAMS, data, mesh=plan, fused=4, hooks=[], **kwargs)
     close(many.params, one.params)
     close(fused.params, one.params)
     assert many.history["loss"] == pytest.approx(one.history["loss"], rel=1e-12)

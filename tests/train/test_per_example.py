@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import funcgrad as fg
 from funcgrad import losses, nn
@@ -61,7 +62,7 @@ def dropout_setup():
     model = nn.serial(nn.Dropout(0.5), nn.Dense(1, use_bias=False))
     x = jnp.ones((16, 32))
     params = model.init(jax.random.key(0), x)
-    loss = lambda p, b, k: jnp.sum(model.apply(p, b, key=k))
+    loss = lambda p, b, key: jnp.sum(model.apply(p, b, key=key))
     return params, x, loss
 
 
@@ -74,7 +75,7 @@ def test_each_example_draws_its_own_dropout_mask():
     params, x, loss = dropout_setup()
     key = jax.random.key(3)
     for grads in (
-        fg.train.per_example_grads(loss)(params, x, key=key),
+        fg.train.per_example_grads(loss, with_key=True)(params, x, key=key),
         fg.train.per_example_grads(loss)(params, x, key),  # a typed key among the arguments
     ):
         m = masks(grads)
@@ -83,3 +84,9 @@ def test_each_example_draws_its_own_dropout_mask():
         for i in (0, 7, 15):  # example i used fold_in(key, i)
             alone = jax.grad(loss)(params, x[i : i + 1], jax.random.fold_in(key, i))
             np.testing.assert_array_equal(m[i], masks(alone))
+
+
+def test_a_key_without_with_key_is_deprecated():
+    params, x, loss = dropout_setup()
+    with pytest.deprecated_call(match="with_key=True"):
+        fg.train.per_example_grads(loss)(params, x, key=jax.random.key(0))
