@@ -98,7 +98,7 @@ def channels_last_hint(shape: Sequence[int], channels: int) -> str:
       >>> channels_last_hint((8, 32, 32, 3), 3)
       ''
     """
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(shape)  # the batch may be symbolic (an export): compare only the other axes
     if len(shape) < 3 or shape[1] != channels or shape[-1] == channels:
         return ""
     n = len(shape) - 2
