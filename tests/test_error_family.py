@@ -30,10 +30,8 @@ BUILTIN_EXCEPTIONS = {
 # Raised on purpose and not errors: the exit status of the command line.
 NOT_ERRORS = {"SystemExit"}
 
-# Raises of a builtin class in files another branch owns, fixed there (module -> why).
-PENDING = {
-    "funcgrad/train/history.py": "the train branch owns train/ (ImportError for matplotlib)",
-}
+# Files allowed, for now, to raise a builtin class (module -> why); none today.
+PENDING = {}
 
 
 @pytest.mark.parametrize("case_id", sorted(CASES))

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from funcgrad.errors import UnknownNameError
+from funcgrad.errors import MissingToolError, UnknownNameError
 
 
 class History(Mapping[str, list[float]]):
@@ -103,7 +103,7 @@ class History(Mapping[str, list[float]]):
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            raise ImportError(
+            raise MissingToolError(
                 "History.plot needs matplotlib: pip install 'funcgrad[examples]' (or matplotlib)"
             ) from None
         names = self.names()
