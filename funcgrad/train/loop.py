@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from funcgrad.data import num_examples, permutation
-from funcgrad.errors import ConfigError
+from funcgrad.errors import ConfigError, InputTypeError
 from funcgrad.nn.layer import check_key
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
@@ -212,7 +212,10 @@ def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook], plan: Plan | None)
     """The hooks the deprecated keywords of `fit` spell, then ``hooks`` (same class replaces)."""
     unknown = sorted(set(old) - set(_MOVED))
     if unknown:
-        raise TypeError(f"fit() got unexpected keyword arguments {unknown}")
+        raise InputTypeError(
+            f"fit: unexpected keyword arguments {unknown}; its options are its own keywords and "
+            "the hooks' arguments (docs/training.md)"
+        )
     names = ", ".join(f"{k}= → {_MOVED[k]}" for k in old)
     warnings.warn(
         f"fit: these keywords are deprecated; pass hooks instead: {names}; e.g. "
