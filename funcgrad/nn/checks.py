@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import DTypeError, InputTypeError, ShapeError
+from funcgrad.errors import DonatedError, DTypeError, InputTypeError, ShapeError
 from funcgrad.nn.types import Array, Path, Spec
 from funcgrad.paths import describe
 
@@ -110,3 +110,23 @@ def channels_last_hint(shape: Sequence[int], channels: int) -> str:
         f"funcgrad is channels-last ({last}) where PyTorch is channels-first ({first}): this "
         f"input of shape {shape} looks channels-first; pass x.transpose{order}, of shape {moved}"
     )
+
+
+def check_live(tree: Any, what: str) -> None:
+    """Raise `DonatedError` if an array of ``tree`` was donated to a step (its buffer is gone).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> check_live({"w": jnp.ones(2)}, "fit")  # fine: returns None
+    """
+    leaves = jax.tree.leaves(tree)
+    concrete = [
+        a for a in leaves if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+    ]
+    if any(a.is_deleted() for a in concrete):
+        raise DonatedError(
+            f"{what}: an array passed in was donated to a training step, which reused its "
+            "buffer; use the state the step returned (state.params), not the arrays that went "
+            "in. TrainState.create and fit copy what you give them, so arrays you pass there "
+            "stay valid"
+        )

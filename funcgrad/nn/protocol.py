@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 from funcgrad.errors import InputTypeError, ParamsError
-from funcgrad.nn.checks import as_spec, check_key
+from funcgrad.nn.checks import as_spec, check_key, check_live
 from funcgrad.nn.compiled_init import compiled_init
 from funcgrad.nn.recording import current_recorder
 from funcgrad.nn.types import Array, Params, Path, Spec, State
@@ -135,6 +135,7 @@ class Layer:
         where = f"{type(self).__name__}.apply"
         if key is not None:
             check_key(key, where)
+        check_live(params, where)
         wants_state = state is not None
         cache = deprecated.pop("cache", None)
         x, state, finish = self._legacy_keywords(x, state, deprecated, where)

@@ -19,7 +19,7 @@ import optax
 
 from funcgrad.data import num_examples, permutation
 from funcgrad.errors import ConfigError, InputTypeError
-from funcgrad.nn.layer import check_key
+from funcgrad.nn.checks import check_key, check_live
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
 from funcgrad.train.history import History
@@ -36,7 +36,6 @@ from funcgrad.train.hooks import (
 from funcgrad.train.state import (
     NanGuardState,
     TrainState,
-    check_live,
     key_parts,
     unwrap_guard,
     zero_sums,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from funcgrad.errors import DonatedError
+from funcgrad.nn.checks import check_live
 
 
 @functools.partial(
@@ -106,26 +106,6 @@ class TrainState:
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict: the layout of the checkpoints `fit` writes."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-def check_live(tree: Any, what: str) -> None:
-    """Raise `DonatedError` if an array of ``tree`` was donated to a step (its buffer is gone).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> check_live({"w": jnp.ones(2)}, "fit")  # fine: returns None
-    """
-    leaves = jax.tree.leaves(tree)
-    concrete = [
-        a for a in leaves if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
-    ]
-    if any(a.is_deleted() for a in concrete):
-        raise DonatedError(
-            f"{what}: an array passed in was donated to a training step, which reused its "
-            "buffer; use the state the step returned (state.params), not the arrays that went "
-            "in. TrainState.create and fit copy what you give them, so arrays you pass there "
-            "stay valid"
-        )
 
 
 def key_parts(key: jax.Array) -> tuple[jax.Array, str | None]:

@@ -304,3 +304,16 @@ def test_fit_returns_the_optimizers_own_state_and_the_whole_train_state():
         result.state, data(16)
     )
     assert int(again[0].step) == 7
+
+
+def test_a_donated_array_given_to_apply_says_so():
+    model = nn.Dense(2)
+    x = jnp.ones((1, 3))
+    params = model.init(jax.random.key(0), x)
+    step = fg.train.make_step(lambda p, b: jnp.sum(model.apply(p, b) ** 2), optax.sgd(0.1))
+    state = fg.train.TrainState.create(params, optax.sgd(0.1), key=jax.random.key(1))
+    gone = state.params
+    state, _ = step(state, x)
+    with pytest.raises(fg.errors.DonatedError, match="Dense.apply: an array passed in was donated"):
+        model.apply(gone, x)
+    assert model.apply(params, x).shape == (1, 2)  # the arrays the user passed stay valid
