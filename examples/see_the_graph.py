@@ -9,13 +9,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+# As a script, float64 before the seeds make their arrays; imported, the caller's mode.
+if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)
+
 import seed1_torch_chain as seed1
 import seed2_logistic_least_squares as seed2
 
 from funcgrad import inspect
 from funcgrad.inspect.graph import dot_program
-
-jax.config.update("jax_enable_x64", True)
 
 # Seed 2 with the seed's numbers: w = 0.7, b = −0.3, x = 1.5, t = 1, λ = 0.1.
 seed2_loss = seed2.loss

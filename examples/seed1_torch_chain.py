@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from funcgrad import losses, nn
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 # Torch's Linear(2, 1) stores weight as (out, in) = [[1, 5]]; funcgrad's Dense stores (in, out).
 chain = nn.serial(nn.Dense(1), nn.sigmoid, nn.Scale())
