@@ -18,7 +18,7 @@ def mynet(d0, d1, d2, d3):
 
 
 model = mynet(600, 60, 40, 10)
-image = jax.random.normal(jax.random.key(1), (1, 10, 20, 3), jnp.float64)  # channels last
+image = jax.random.normal(jax.random.key(1), (1, 10, 20, 3))  # channels last; float64 as a script
 label = jnp.array([7])
 
 
