@@ -61,7 +61,6 @@ class NoisyCenter(nn.ParamLayer):
 
 # --- using it ---
 def main() -> None:
-    jax.config.update("jax_enable_x64", True)
     model = nn.serial(nn.Dense(8), NoisyCenter(noise=0.1), nn.relu, nn.Dense(1))
     x = jax.random.normal(jax.random.key(0), (32, 3)) + 2.0
     params, state = model.init_with_state(jax.random.key(1), x)
@@ -105,4 +104,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)  # as a script only; imported, the caller's mode
     main()

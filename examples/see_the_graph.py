@@ -8,18 +8,22 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
+import numpy as np
+
+# As a script, float64 before the seeds make their arrays; imported, the caller's mode.
+if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)
+
 import seed1_torch_chain as seed1
 import seed2_logistic_least_squares as seed2
 
 from funcgrad import inspect
 from funcgrad.inspect.graph import dot_program
 
-jax.config.update("jax_enable_x64", True)
-
 # Seed 2 with the seed's numbers: w = 0.7, b = −0.3, x = 1.5, t = 1, λ = 0.1.
 seed2_loss = seed2.loss
-seed2_params = {"dense_0": {"w": jnp.array([[0.7]]), "b": jnp.array([-0.3])}}
+# NumPy constants, as in seed 1: float64 as a script, the caller's mode when imported.
+seed2_params = {"dense_0": {"w": np.array([[0.7]]), "b": np.array([-0.3])}}
 SEED2_ARGS = (seed2_params, 1.5, 1.0, 0.1)
 
 # Seed 1: Linear → Sigmoid → Mul → MSECriterion, cost as a function of the parameters.

@@ -5,19 +5,23 @@ Prints each node's value and the cost's gradients; the numbers are those of ../s
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcgrad import losses, nn
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 # Torch's Linear(2, 1) stores weight as (out, in) = [[1, 5]]; funcgrad's Dense stores (in, out).
 chain = nn.serial(nn.Dense(1), nn.sigmoid, nn.Scale())
+# NumPy constants: JAX takes them in the mode it runs in when they are used (float64 as a script),
+# where a JAX array would keep the mode of the moment this module was imported.
 params = {
-    "dense_0": {"w": jnp.array([[1.0], [5.0]]), "b": jnp.array([-15.0])},
-    "scale_2": {"factor": jnp.array([20.0])},
+    "dense_0": {"w": np.array([[1.0], [5.0]]), "b": np.array([-15.0])},
+    "scale_2": {"factor": np.array([20.0])},
 }
-x = jnp.array([[2.0, 3.0]])  # one example, batch first
-target = jnp.array([[10.0]])
+x = np.array([[2.0, 3.0]])  # one example, batch first
+target = np.array([[10.0]])
 
 
 def node_values(params):

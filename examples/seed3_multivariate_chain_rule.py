@@ -6,7 +6,8 @@ df/dt = y·e^{xy}·(−sin t) + (1 + x·e^{xy})·2t; at t = 0.7 both sides give 
 import jax
 import jax.numpy as jnp
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 
 def f_of_t(t):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from funcgrad import losses, nn
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 
 def mynet(d0, d1, d2, d3):
@@ -17,7 +18,7 @@ def mynet(d0, d1, d2, d3):
 
 
 model = mynet(600, 60, 40, 10)
-image = jax.random.normal(jax.random.key(1), (1, 10, 20, 3), jnp.float64)  # channels last
+image = jax.random.normal(jax.random.key(1), (1, 10, 20, 3))  # channels last; float64 as a script
 label = jnp.array([7])
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 import funcgrad as fg
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 
 @fg.primitive(name="caffe_relu")

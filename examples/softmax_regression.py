@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from funcgrad import losses, nn
 
-jax.config.update("jax_enable_x64", True)
+if __name__ == "__main__":  # as a script, float64 (the seed's numbers); imported, the caller's mode
+    jax.config.update("jax_enable_x64", True)
 
 model = nn.Dense(3)
 

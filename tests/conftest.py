@@ -1,5 +1,6 @@
-"""Test configuration: 64-bit JAX (the seeds' numbers are float64), the examples folder on the path,
-eight simulated CPU devices, and hypothesis profiles (``--hypothesis-profile=ci`` is the default; ``thorough`` searches longer)."""
+"""Test configuration: JAX's default 32-bit mode (the mode users run; a test that needs float64 asks
+for the ``x64`` fixture), the examples folder on the path, eight simulated CPU devices, and hypothesis
+profiles (``--hypothesis-profile=ci`` is the default; ``thorough`` searches longer)."""
 
 import os
 import sys
@@ -22,9 +23,8 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax
+import pytest
 from hypothesis import HealthCheck, settings
-
-jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -41,3 +41,33 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "x64: run in JAX's 64-bit mode (float64 finite differences, the seeds' numbers, PyTorch "
+        "cross-checks); on a test, a class, a module (pytestmark) or a parametrize value (pytest.param)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _x64_mode(request):
+    """The suite runs in JAX's default 32-bit mode, as users do; ``@pytest.mark.x64`` turns 64-bit
+    mode on for one test (a mark, not a fixture, so that ``pytest.param(jnp.float64,
+    marks=pytest.mark.x64)`` can carry it) and restores the mode after it. Arrays made at import
+    time are 32-bit: a float64 test makes its arrays inside the test (or keeps NumPy constants).
+
+    Every test must also start and end in 32-bit mode: a test (or an import at collection) that
+    turns ``jax_enable_x64`` on for good would silently run the tests after it in 64-bit mode."""
+    if jax.enable_x64.value:
+        jax.config.update("jax_enable_x64", False)
+        pytest.fail("jax_enable_x64 was on before this test began (turned on at import?)")
+    if request.node.get_closest_marker("x64"):
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+    if jax.enable_x64.value:
+        jax.config.update("jax_enable_x64", False)
+        pytest.fail("this test left jax_enable_x64 on; mark it @pytest.mark.x64 instead")

@@ -37,6 +37,7 @@ def same(a, b):
 # -- safetensors ------------------------------------------------------------------------------
 
 
+@pytest.mark.x64
 def test_round_trip_keeps_values_dtypes_and_nesting(tmp_path):
     path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
     loaded = fg.interop.load_safetensors(path)
@@ -45,6 +46,7 @@ def test_round_trip_keeps_values_dtypes_and_nesting(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary file left
 
 
+@pytest.mark.x64
 def test_files_open_in_pytorch_and_numpy_readers_under_dotted_keys(tmp_path):
     path = fg.interop.save_safetensors(tmp_path / "p.safetensors", tree())
     in_torch = safetensors.torch.load_file(path)

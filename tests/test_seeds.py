@@ -9,6 +9,8 @@ import pytest
 
 import funcgrad as fg
 
+pytestmark = pytest.mark.x64  # the seeds' numbers are float64
+
 ULP2 = 4.5e-16  # two float64 ulps, relative: XLA's exp/sin may round differently from libm
 
 

@@ -28,13 +28,17 @@ def path_key(key: Array, path: Path) -> Array:
 
 
 def as_spec(x: Any, where: str) -> Any:
-    """An example input (array or `jax.ShapeDtypeStruct`, or a tuple of them) as ShapeDtypeStructs."""
+    """An example input (array or `jax.ShapeDtypeStruct`, or a tuple of them) as ShapeDtypeStructs.
+
+    Dtypes are JAX's for the mode it runs in: a NumPy float64 input is float32 in 32-bit mode, as
+    ``apply`` will see it."""
     if isinstance(x, (tuple, list)):
         return tuple(as_spec(a, where) for a in x)
     if isinstance(x, jax.ShapeDtypeStruct):
-        return x
+        dtype = jax.dtypes.canonicalize_dtype(x.dtype)
+        return x if dtype == x.dtype else x.update(dtype=dtype)
     if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+        return jax.ShapeDtypeStruct(x.shape, jax.dtypes.canonicalize_dtype(x.dtype))
     try:
         arr = jnp.asarray(x)
     except TypeError:

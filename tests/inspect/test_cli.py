@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEEDS = f"{EXAMPLES / 'see_the_graph.py'}"
 
 
+@pytest.mark.x64
 def test_graph_prints_text_and_writes_files(capsys, tmp_path):
     assert main(["graph", f"{SEEDS}:seed2_loss", "--args", "SEED2_ARGS"]) == 0
     out = capsys.readouterr().out

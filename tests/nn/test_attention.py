@@ -93,6 +93,7 @@ MASK = np.random.default_rng(0).random((2, 1, 4, 6)) < 0.6
 MASK[:, :, 1, :] = False  # a fully masked row
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask", [None, MASK])
@@ -164,6 +165,7 @@ def test_float16_on_cpu_keeps_the_precise_path():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.x64
 def test_attention_errors_name_the_function():
     q, k, v = qkv()
     with pytest.raises(errors.ShapeError, match=r"nn.attention: q must be \(batch"):

@@ -38,6 +38,7 @@ def check(model, x, chunks=(1, 1, 1, 1, 1, 1), **cache_kw):
     return params, cache
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize(
     "layer",
     [
@@ -64,6 +65,7 @@ def block():
     )
 
 
+@pytest.mark.x64
 def test_combinators_pass_caches_through():
     tied = nn.shared(attn(), name="tied")
     model = nn.serial(

@@ -15,6 +15,7 @@ def reference_conv1d(x, w, b):
     return out + b
 
 
+@pytest.mark.x64
 def test_conv1d_matches_a_written_out_correlation():
     x = np.random.default_rng(0).normal(size=(2, 8, 3))
     conv = nn.Conv(4, (3,), padding="VALID")

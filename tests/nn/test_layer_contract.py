@@ -12,7 +12,9 @@ KEY = jax.random.key(0)
 
 
 def normal(*shape):
-    return jax.random.normal(jax.random.key(sum(shape)), shape, jnp.float64)
+    # NumPy float64 (drawn in 64-bit mode): float64 in the x64 tests, float32 in the others.
+    with jax.enable_x64(True):
+        return np.asarray(jax.random.normal(jax.random.key(sum(shape)), shape, jnp.float64))
 
 
 # name -> (layer, example input, expected output shape)
@@ -121,6 +123,7 @@ def test_gradients_match_finite_differences(name):
     fg.testing.check_grads(lambda p, v: jnp.sum(weights * layer.apply(p, v)), (params, x))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_equals_eager(name):
     layer, x, _ = CASES[name]
@@ -130,6 +133,7 @@ def test_jit_equals_eager(name):
     )
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_equals_a_loop(name):
     layer, x, _ = CASES[name]

@@ -6,6 +6,7 @@ import pytest
 from funcgrad import errors, nn
 
 
+@pytest.mark.x64
 def test_layer_norm_normalises_the_last_axis():
     x = jax.random.normal(jax.random.key(0), (4, 8), jnp.float64) * 3 + 1
     ln = nn.LayerNorm(epsilon=0.0)
@@ -49,6 +50,7 @@ def test_init_state_alone():
     np.testing.assert_array_equal(state["batch_norm_1"]["var"], jnp.ones(2))
 
 
+@pytest.mark.x64
 def test_group_norm_normalises_each_group_of_each_example():
     x = jax.random.normal(jax.random.key(0), (2, 3, 3, 6), jnp.float64) * 4 + 2
     y = nn.GroupNorm(3, epsilon=0.0, use_scale=False, use_bias=False)(x)
@@ -57,6 +59,7 @@ def test_group_norm_normalises_each_group_of_each_example():
     np.testing.assert_allclose(jnp.var(groups, axis=(1, 3)), 1, rtol=1e-12)
 
 
+@pytest.mark.x64
 def test_group_size_and_instance_norm_are_group_norm():
     x = jax.random.normal(jax.random.key(1), (2, 4, 6), jnp.float64)
     params = {"scale": jnp.arange(6.0), "bias": jnp.ones(6)}

@@ -22,6 +22,7 @@ def torch_conv_transpose_as_funcgrad(conv, k, stride, padding, output_padding, d
     return layer, {"w": w, "b": b}
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize(
     "k, stride, padding, output_padding, dilation",
     [(3, 2, 1, 1, 1), (4, 2, 1, 0, 1), (3, 1, 0, 0, 1), (3, 3, 2, 1, 2), (5, 2, 2, 0, 1)],
@@ -56,6 +57,7 @@ def test_an_integer_padding_is_lax_conv_transposes_not_torchs():
         assert (torch_out == y.shape[1]) == (p == 1)
 
 
+@pytest.mark.x64
 def test_batch_norm_keeps_the_biased_running_variance_and_torchs_momentum_maps_to_1_minus():
     x = np.random.default_rng(1).standard_normal((6, 3)) * 2 + 1
     bn = nn.BatchNorm(momentum=0.9, param_dtype=jnp.float64)  # PyTorch's momentum=0.1

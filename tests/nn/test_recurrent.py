@@ -23,6 +23,7 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
+@pytest.mark.x64
 def test_lstm_cell_follows_torch_equations():
     cell = nn.LSTMCell(3)
     x, h, c = normal(2, 4), normal(2, 3, seed=1), normal(2, 3, seed=2)
@@ -36,6 +37,7 @@ def test_lstm_cell_follows_torch_equations():
     np.testing.assert_array_equal(y, h1)
 
 
+@pytest.mark.x64
 def test_gru_cell_resets_the_hidden_projection_with_its_bias():
     cell = nn.GRUCell(3)
     x, h = normal(2, 4), normal(2, 3, seed=1)
@@ -63,6 +65,7 @@ def test_cell_parameter_shapes_and_zero_carry(cell):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("cell", [nn.LSTMCell(3), nn.GRUCell(3)], ids=["lstm", "gru"])
 def test_cell_gradients_jit_and_vmap(cell):
     x = normal(2, 4)
@@ -91,6 +94,7 @@ def run_by_hand(cell, params, x, carry=None):
     return carry, jnp.stack(ys, axis=1)
 
 
+@pytest.mark.x64
 def test_recurrent_equals_a_python_loop_over_steps_and_returns_the_carry():
     cell = nn.LSTMCell(3)
     layer = nn.recurrent(cell)
@@ -106,6 +110,7 @@ def test_recurrent_equals_a_python_loop_over_steps_and_returns_the_carry():
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+@pytest.mark.x64
 def test_reverse_reads_the_sequence_backwards_and_keeps_outputs_aligned():
     cell = nn.GRUCell(3)
     x = normal(2, 5, 4)
@@ -115,6 +120,7 @@ def test_reverse_reads_the_sequence_backwards_and_keeps_outputs_aligned():
     np.testing.assert_allclose(y, y_loop[:, ::-1], rtol=1e-12)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("reverse", [False, True])
 def test_padding_steps_change_nothing_and_output_zero(reverse):
     cell = nn.LSTMCell(3)

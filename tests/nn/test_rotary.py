@@ -26,6 +26,7 @@ def example(shape=(2, 5, 3, 8), seed=0):
     return jax.random.normal(jax.random.key(seed), shape, jnp.float64)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("base", [10000.0, 500.0])
 def test_matches_the_direct_formula(base):
     x = example()
@@ -39,6 +40,7 @@ def test_matches_the_direct_formula(base):
     )
 
 
+@pytest.mark.x64
 def test_scores_depend_only_on_the_distance():
     q, k = example(seed=1), example(seed=2)
     pos = jnp.arange(5)
@@ -65,6 +67,7 @@ def test_bad_shapes_are_named():
         nn.rotary(jnp.zeros((1, 2, 1, 4)), jnp.arange(3))
 
 
+@pytest.mark.x64
 def test_attention_layer_with_rope_rotates_queries_and_keys():
     x = jax.random.normal(jax.random.key(0), (2, 6, 8), jnp.float64)
     mha = nn.MultiHeadAttention(2, causal=True, rope=True, rope_base=100.0, param_dtype=jnp.float64)

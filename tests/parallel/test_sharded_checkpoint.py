@@ -135,7 +135,7 @@ def test_bad_directory_template_and_files_are_refused(tmp_path):
     message = str(err.value)
     assert "the checkpoint has no leaf params.dense_9.w" in message
     assert "like= has no leaf key" in message
-    assert "params.dense_0.w (saved float64[16, 32], expected float64[16, 8])" in message
+    assert "params.dense_0.w (saved float32[16, 32], expected float32[16, 8])" in message
 
     train.save_sharded(tmp_path, 2, placed)
     (tmp_path / "sharded_000000002" / "_METADATA").write_text('{"tree": ')

@@ -12,11 +12,14 @@ from funcgrad import inspect, losses, nn, parallel, train
 
 CPU8 = cpu_devices(8)  # the simulated devices, whatever the default backend is
 
+pytestmark = pytest.mark.x64  # the mesh equals one device to float64 rounding (rtol 1e-12)
+
 F64 = {"param_dtype": jnp.float64}
 MODEL = nn.serial(nn.Dense(32, **F64), nn.relu, nn.Dense(32, **F64), nn.relu, nn.Dense(10, **F64))
-X = jax.random.normal(jax.random.key(1), (32, 24))
-Y = jnp.arange(32) % 10
-PARAMS = MODEL.init(jax.random.key(0), X)
+with jax.enable_x64(True):  # made at import, before the mark turns 64-bit mode on for the tests
+    X = jax.random.normal(jax.random.key(1), (32, 24))
+    Y = jnp.arange(32) % 10
+    PARAMS = MODEL.init(jax.random.key(0), X)
 
 
 def loss(p, batch):

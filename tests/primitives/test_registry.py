@@ -25,7 +25,7 @@ def make_cube(name, factor=3.0, **options):
 
 
 cube = make_cube("test_cube")
-X = jnp.float64(1.3)
+X = np.float64(1.3)  # float64 in the x64 tests, float32 in the others
 
 
 def test_grad_and_value_and_grad():
@@ -34,6 +34,7 @@ def test_grad_and_value_and_grad():
     assert (float(value), float(grad)) == pytest.approx((1.3**3, 3 * 1.3**2))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize(
     "transform",
     [jax.jacfwd, jax.jacrev, lambda f: jax.jit(jax.grad(f)), lambda f: jax.grad(jax.checkpoint(f))],
@@ -42,6 +43,7 @@ def test_first_derivative_under_every_transform(transform):
     assert float(transform(cube)(X)) == pytest.approx(3 * 1.3**2, rel=1e-14)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize(
     "second",
     [jax.hessian, lambda f: jax.grad(jax.grad(f)), lambda f: jax.jacfwd(jax.jacrev(f))],
@@ -183,6 +185,7 @@ def test_non_linear_backward_without_reverse_only_says_so():
         jax.grad(ident)(1.0)
 
 
+@pytest.mark.x64
 def test_wrong_gradient_count_shape_and_dtype_are_caught():
     @fg.primitive(name="test_bad", override=True)
     def f(x, y):
