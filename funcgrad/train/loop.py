@@ -5,6 +5,7 @@ Logging, evaluation, early stopping, checkpoints and the progress bar are `Hook`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 import warnings
@@ -207,6 +208,14 @@ _MOVED = {
 }
 
 
+def _on_mesh(hook: Hook, plan: Plan) -> Hook:
+    if not isinstance(hook, Checkpoint) or hook.plan is not None:
+        return hook
+    placed = copy.copy(hook)
+    placed.plan = plan
+    return placed
+
+
 def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook], plan: Plan | None) -> list[Hook]:
     """The hooks the deprecated keywords of `fit` spell, then ``hooks`` (same class replaces)."""
     unknown = sorted(set(old) - set(_MOVED))
@@ -374,6 +383,8 @@ def fit(
         all_hooks = default_hooks() if hooks is None else list(hooks)
         if not any(isinstance(h, LogMetrics) for h in all_hooks):
             all_hooks.insert(0, LogMetrics())
+    if plan is not None:  # a Checkpoint given no mesh writes the run's (a copy: yours is untouched)
+        all_hooks = [_on_mesh(h, plan) for h in all_hooks]
     if nan_guard and not isinstance(jax.eval_shape(optimizer.init, params), NanGuardState):
         optimizer = states.nan_guard(optimizer)
     if opt_state is not None and nan_guard and not isinstance(opt_state, NanGuardState):

@@ -203,6 +203,7 @@ def test_stacking_in_serial_is_two_scans_of_recurrent():
     )
 
 
+@pytest.mark.x64
 def test_float32_sequence_stays_float32_and_the_carry_keeps_its_dtype():
     layer = nn.recurrent(nn.LSTMCell(3))
     x = jnp.ones((2, 4, 3), jnp.float32)
@@ -213,6 +214,7 @@ def test_float32_sequence_stays_float32_and_the_carry_keeps_its_dtype():
     assert layer.init_carry(2)["carry"][0].dtype == jnp.float32  # the cell's param_dtype
 
 
+@pytest.mark.x64
 def test_a_sequence_in_pieces_equals_the_whole_through_the_carry():
     model = nn.serial(nn.Dense(3), nn.recurrent(nn.LSTMCell(4)), nn.Dense(2))
     x = normal(2, 6, 3)

@@ -91,17 +91,15 @@ def test_fit_on_a_mesh_resumes_bitwise_and_a_finished_run_stays_on_the_mesh(tmp_
     data = (X, Y)
     opt = optax.adam(1e-2)
     plan = fsdp(8)
-    kwargs = dict(key=jax.random.key(0), batch_size=16, progress=False, mesh=plan, log_every=4)
-    whole = train.fit(loss, opt, PARAMS, data, steps=12, **kwargs)
-    first = train.fit(
-        loss, opt, PARAMS, data, steps=8, checkpoint_dir=tmp_path, checkpoint_every=4, **kwargs
-    )
+    kwargs = dict(key=jax.random.key(0), batch_size=16, mesh=plan)
+    log = train.LogMetrics(every=4)
+    saving = [log, train.Checkpoint(tmp_path, 4)]
+    whole = train.fit(loss, opt, PARAMS, data, steps=12, hooks=[log], **kwargs)
+    first = train.fit(loss, opt, PARAMS, data, steps=8, hooks=saving, **kwargs)
     assert first.step == 8
     assert train.sharded_steps(tmp_path) == train.steps(tmp_path) == [4, 8]
     assert not list(tmp_path.glob("ckpt_*.npz"))
-    resumed = train.fit(
-        loss, opt, PARAMS, data, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, **kwargs
-    )
+    resumed = train.fit(loss, opt, PARAMS, data, steps=12, hooks=saving, **kwargs)
     equal(resumed.params, whole.params)
     equal(resumed.opt_state, whole.opt_state)
     assert resumed.history.rows == whole.history.rows
@@ -109,9 +107,7 @@ def test_fit_on_a_mesh_resumes_bitwise_and_a_finished_run_stays_on_the_mesh(tmp_
         f"history_{s:09d}.json" for s in train.sharded_steps(tmp_path)
     ]
     # Resuming a run that has already finished: no step runs, the state is still on the mesh.
-    again = train.fit(
-        loss, opt, PARAMS, data, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, **kwargs
-    )
+    again = train.fit(loss, opt, PARAMS, data, steps=12, hooks=saving, **kwargs)
     assert again.step == 12
     w = again.params["dense_0"]["w"]
     assert len(w.sharding.device_set) == 8 and spec(w) == P(None, "data")

@@ -215,12 +215,12 @@ def test_a_resuming_fit_skips_a_damaged_newest_checkpoint(tmp_path):
     def run(steps):
         return fg.train.fit(
             loss, optax.sgd(0.1), jnp.zeros(()), (x,), key=jax.random.key(0), batch_size=8,
-            steps=steps, checkpoint_dir=tmp_path, checkpoint_every=4, keep=4, progress=False,
+            steps=steps, hooks=[fg.train.Checkpoint(tmp_path, 4, keep=4)],
         )  # fmt: skip
 
     straight = fg.train.fit(
         loss, optax.sgd(0.1), jnp.zeros(()), (x,), key=jax.random.key(0), batch_size=8,
-        steps=20, progress=False,
+        steps=20, hooks=[],
     )  # fmt: skip
     run(16)
     assert fg.train.steps(tmp_path) == [4, 8, 12, 16]

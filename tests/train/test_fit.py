@@ -145,7 +145,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"pip install 'funcgrad\[examples\]'"):
+    with pytest.raises(fg.errors.MissingToolError, match=r"pip install 'funcgrad\[examples\]'"):
         fg.train.History([{"step": 1, "loss": 1.0}]).plot(tmp_path / "h.png")
 
 
