@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from funcgrad.parallel.plan import Plan
 from funcgrad.train.history import History
 from funcgrad.train.state import TrainState
 
@@ -20,8 +21,9 @@ class Run:
 
     ``step`` is the Python mirror of ``state.step`` (reading it needs no device sync);
     ``stopped`` is why the run stopped early (None while it goes on); ``scores`` holds the
-    last evaluation as ``(step, {name: value})``. ``batch_size``, ``has_state`` and
-    ``loss`` (the loss function without a key, as `Evaluate` uses it) describe the run.
+    last evaluation as ``(step, {name: value})``. ``batch_size``, ``has_state``, ``loss``
+    (the loss function without a key, as `Evaluate` uses it) and ``plan`` (the mesh the run's
+    state is laid out on, or None) describe the run.
     A hook stops the run with `stop`.
     """
 
@@ -36,6 +38,7 @@ class Run:
     batch_size: int = 0
     has_state: bool = False
     loss: Callable[..., Any] | None = None
+    plan: Plan | None = None
 
     def stop(self, reason: str) -> None:
         """End the run after this step, saying why."""

@@ -45,8 +45,8 @@ class Checkpoint(Hook):
     ``directory`` (`restore_state`): the resumed run's parameters and history are the
     uninterrupted run's. The ``keep`` newest are kept.
 
-    ``mesh`` (the run's `jax.sharding.Mesh` or `funcgrad.parallel.Plan`; `fit` passes its
-    own) is handed to `save` and `restore`, which pick the format: with one, a sharded
+    ``mesh`` (a `jax.sharding.Mesh` or `funcgrad.parallel.Plan`; by default the run's, from
+    `fit`'s ``mesh=``) is handed to `save` and `restore`, which pick the format: with one, a sharded
     checkpoint (``sharded_{step}/``, orbax), each process writing the shards it holds and a
     resume reading back only those it needs, laid out on the mesh; without, ``ckpt_{step}.npz``.
     The JSON files are written by process 0.
@@ -68,12 +68,16 @@ class Checkpoint(Hook):
     def start(self, run: Run) -> None:
         if not (self.resume and checkpoint.steps(self.directory)):
             return
-        step, run.state = restore_state(self.directory, run.state, mesh=self.plan)
+        step, run.state = restore_state(self.directory, run.state, mesh=self._plan(run))
         run.step = step
         history_file = self.directory / f"history_{step:09d}.json"
         if history_file.exists():
             run.history = History.from_json(history_file.read_text())
         self.saved = step
+
+    def _plan(self, run: Run) -> Plan | None:
+        """The mesh given to this hook, else the run's (`fit`'s ``mesh=``)."""
+        return self.plan if self.plan is not None else run.plan
 
     def after_step(self, run: Run) -> None:
         self.save(run)
@@ -109,7 +113,7 @@ class Checkpoint(Hook):
             "model_state": state.model_state,
             "key": state.run_key(),
         }
-        checkpoint.save(self.directory, step, tree, keep=self.keep, mesh=self.plan)
+        checkpoint.save(self.directory, step, tree, keep=self.keep, mesh=self._plan(run))
         kept = set(checkpoint.steps(self.directory))
         if writer:
             for pattern in ("history_*.json", "loop_*.json"):

@@ -5,7 +5,6 @@ Logging, evaluation, early stopping, checkpoints and the progress bar are `Hook`
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 import warnings
@@ -208,15 +207,7 @@ _MOVED = {
 }
 
 
-def _on_mesh(hook: Hook, plan: Plan) -> Hook:
-    if not isinstance(hook, Checkpoint) or hook.plan is not None:
-        return hook
-    placed = copy.copy(hook)
-    placed.plan = plan
-    return placed
-
-
-def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook], plan: Plan | None) -> list[Hook]:
+def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook]) -> list[Hook]:
     """The hooks the deprecated keywords of `fit` spell, then ``hooks`` (same class replaces)."""
     unknown = sorted(set(old) - set(_MOVED))
     if unknown:
@@ -245,7 +236,7 @@ def _legacy_hooks(old: dict[str, Any], hooks: Sequence[Hook], plan: Plan | None)
         every = old.get("checkpoint_every") or 0
         built.append(
             Checkpoint(old["checkpoint_dir"], every, keep=old.get("keep", 3),
-                       resume=old.get("resume", True), mesh=plan)
+                       resume=old.get("resume", True))
         )  # fmt: skip
     chosen = [h for h in built if not any(type(u) is type(h) for u in hooks)]
     bar = [Progress()] if old.get("progress", True) else []
@@ -378,13 +369,11 @@ def fit(
     check_live((params, model_state, opt_state), "fit")
     plan = as_plan(mesh)
     if deprecated:
-        all_hooks = _legacy_hooks(deprecated, list(hooks or ()), plan)
+        all_hooks = _legacy_hooks(deprecated, list(hooks or ()))
     else:
         all_hooks = default_hooks() if hooks is None else list(hooks)
         if not any(isinstance(h, LogMetrics) for h in all_hooks):
             all_hooks.insert(0, LogMetrics())
-    if plan is not None:  # a Checkpoint given no mesh writes the run's (a copy: yours is untouched)
-        all_hooks = [_on_mesh(h, plan) for h in all_hooks]
     if nan_guard and not isinstance(jax.eval_shape(optimizer.init, params), NanGuardState):
         optimizer = states.nan_guard(optimizer)
     if opt_state is not None and nan_guard and not isinstance(opt_state, NanGuardState):
@@ -419,7 +408,7 @@ def fit(
     )  # fmt: skip
     run = Run(
         state=state, step=0, total=total, batch_size=batch_size, has_state=has_state,
-        loss=_loss_only(loss_fn, has_aux, has_state, style),
+        loss=_loss_only(loss_fn, has_aux, has_state, style), plan=plan,
     )  # fmt: skip
     bars: list[Progress] = [h for h in all_hooks if isinstance(h, Progress)]
     all_hooks = [*(h for h in all_hooks if not isinstance(h, Progress)), *bars]  # bar last
