@@ -17,11 +17,6 @@ from funcgrad.nn.types import Array, Path, Spec
 from funcgrad.paths import describe
 
 
-def path_str(path: Path) -> str:
-    """``('block_0', 'dense_1')`` as ``block_0.dense_1`` (`funcgrad.paths.describe`)."""
-    return describe(path)
-
-
 def path_key(key: Array, path: Path) -> Array:
     """Fold a stable hash of ``path`` into ``key`` (crc32, not Python's salted ``hash``)."""
     return jax.random.fold_in(key, zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)

@@ -9,7 +9,6 @@ from funcgrad.nn.checks import (
     check_key,
     compute_dtype,
     path_key,
-    path_str,
     require_float,
     require_rank,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "compiled_init",
     "compute_dtype",
     "path_key",
-    "path_str",
     "recording",
     "require_float",
     "require_rank",
