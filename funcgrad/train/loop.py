@@ -40,7 +40,14 @@ from funcgrad.train.state import (
     unwrap_guard,
     zero_sums,
 )
-from funcgrad.train.step import key_style, make_multistep, make_step, place_state, update_fn
+from funcgrad.train.step import (
+    call_loss,
+    key_style,
+    make_multistep,
+    make_step,
+    place_state,
+    update_fn,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,10 +499,7 @@ def _loss_only(
     """``loss_fn`` as an evaluation metric: key None (dropout off), the loss alone."""
 
     def loss(*args: Any) -> Any:
-        if style is None:
-            out = loss_fn(*args)
-        else:
-            out = loss_fn(*args, key=None) if style == "keyword" else loss_fn(*args, None)
+        out = call_loss(loss_fn, style, args, None)
         return out[0] if (has_aux or has_state) else out
 
     return loss

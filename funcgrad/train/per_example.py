@@ -15,7 +15,7 @@ import optax
 
 from funcgrad.errors import ConfigError
 from funcgrad.train.checkpoint.leaves import is_key
-from funcgrad.train.step import key_style
+from funcgrad.train.step import call_loss, key_style
 
 
 def global_norms(grads: Any) -> jax.Array:
@@ -59,9 +59,9 @@ def per_example_grads(
         if key is None:
             return jax.grad(loss_fn)(params, batch, *args)
         key = jax.random.fold_in(key, index)
-        if style == "keyword":
-            return jax.grad(lambda p: loss_fn(p, batch, *args, key=key))(params)
-        return jax.grad(loss_fn)(params, batch, *args, key)
+        # Not told (style None): the deprecated form, the key appended after the arguments.
+        how = style or "positional"
+        return jax.grad(lambda p: call_loss(loss_fn, how, (p, batch, *args), key))(params)
 
     def grads(params: Any, batch: Any, *args: Any, key: Any = None) -> Any:
         if key is not None and style is None:

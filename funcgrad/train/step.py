@@ -79,6 +79,16 @@ def key_style(
     return None
 
 
+def call_loss(
+    loss_fn: Callable[..., Any], style: str | None, args: tuple[Any, ...], key: Any
+) -> Any:
+    """``loss_fn(*args)`` with ``key`` passed as `key_style` settled: ``key=key``, after
+    ``args`` (the deprecated positional form), or not at all (style None)."""
+    if style is None:
+        return loss_fn(*args)
+    return loss_fn(*args, key=key) if style == "keyword" else loss_fn(*args, key)
+
+
 def make_update(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
@@ -124,9 +134,7 @@ def update_fn(
     plan = as_plan(mesh)
 
     def call(args: tuple[Any, ...], key: Any) -> Any:
-        if style is None or key is None:
-            return loss_fn(*args)
-        return loss_fn(*args, key=key) if style == "keyword" else loss_fn(*args, key)
+        return call_loss(loss_fn, None if key is None else style, args, key)
 
     def update(
         params: Any, model_state: Any, opt_state: Any, batch: Any, key: Any
