@@ -162,8 +162,7 @@ class Layer:
                 raise ParamsError(
                     f"params lack the shared layer(s) {missing}, stored at the top of the tree"
                 )
-            shared = {n: params[n] for n in names}
-            params = {k: v for k, v in params.items() if k not in names}
+            params, shared = _take_shared(names, params)
         else:
             shared = {}
         mode = key is not None if train is None else train
@@ -272,8 +271,7 @@ class Layer:
             names = shared_names(self)
             if not isinstance(params, Mapping):
                 raise ParamsError(f"{where}: params must be the dict init returned")
-            shared = {n: params[n] for n in names if n in params}
-            params = {k: v for k, v in params.items() if k not in names}
+            params, shared = _take_shared(names, params)
             request = dataclasses.replace(request, shared=shared)
         slots = self._init_slot(request, params, ())
         return slots if state is None else _merge(state, slots, where)
@@ -365,6 +363,12 @@ class Wrapper(Layer):
 
 def _same(y: Any) -> Any:
     return y
+
+
+def _take_shared(names: list[str], params: Mapping[str, Any]) -> tuple[Params, dict[str, Any]]:
+    """``params`` without the `shared` layers' subtrees at its top, and those subtrees."""
+    rest = {k: v for k, v in params.items() if k not in names}
+    return rest, {n: params[n] for n in names if n in params}
 
 
 def _merge(state: Any, slots: Any, where: str) -> Any:
