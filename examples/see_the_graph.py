@@ -42,7 +42,7 @@ def draw(out: Path) -> None:
     for name, g in pictures.items():
         print(g.to_text(), end="\n\n")
         print(f"wrote {g.save(out / (name + suffix))}\n")
-    w = "in1"  # params['dense_0']['w'], the second input (the tree's keys are sorted)
+    w = "in1"  # params.dense_0.w, the second input (the tree's keys are sorted)
     forward = pictures["seed2_forward"]
     print(f"seed 2: {forward.node(w).op} is used {forward.fan_out()[w]} times")
 

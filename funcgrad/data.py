@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from funcgrad.errors import ConfigError, ShapeError
+from funcgrad.paths import leaves_with_paths
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -37,13 +38,10 @@ def num_examples(arrays: Any) -> int:
       >>> fg.train.num_examples({"x": np.zeros((5, 2)), "y": np.zeros(5)})
       5
     """
-    leaves = jax.tree_util.tree_leaves_with_path(arrays)
+    leaves = leaves_with_paths(arrays)
     if not leaves:
         raise ShapeError("batches: the data pytree has no arrays")
-    sizes = {
-        jax.tree_util.keystr(p) or "data": int(np.shape(a)[0]) if np.ndim(a) else -1
-        for p, a in leaves
-    }
+    sizes = {name or "data": int(np.shape(a)[0]) if np.ndim(a) else -1 for name, a in leaves}
     if len(set(sizes.values())) != 1 or -1 in sizes.values():
         raise ShapeError(
             f"batches: every array needs the same leading (example) axis; got sizes {sizes}"

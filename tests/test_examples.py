@@ -175,7 +175,7 @@ def test_see_the_graph_draws_the_seed_graphs(tmp_path):
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "seed 2: params['dense_0']['w'] is used 2 times" in proc.stdout
+    assert "seed 2: params.dense_0.w is used 2 times" in proc.stdout
     suffix = ".svg" if dot_program() else ".dot"
     names = ["seed1_backward", "seed2_backward", "seed2_forward"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [n + suffix for n in names]

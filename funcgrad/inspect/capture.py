@@ -21,6 +21,7 @@ from funcgrad.inspect._format import aval_str
 from funcgrad.inspect.graph_parts import Cluster, Edge, Node, Phase
 from funcgrad.inspect.graph_types import Graph
 from funcgrad.inspect.linking import in_derivative, link_backward
+from funcgrad.paths import leaves_with_paths
 
 # Sub-computations that take and return their operands one to one; expanding one inlines it.
 _CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
@@ -60,10 +61,9 @@ def tree_labels(tree: Any, root: str) -> list[str]:
     Example:
       >>> from funcgrad.inspect.capture import tree_labels
       >>> tree_labels({"w": 1.0, "b": 2.0}, "params")
-      ["params['b']", "params['w']"]
+      ['params.b', 'params.w']
     """
-    paths, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [root + jax.tree_util.keystr(p) for p, _ in paths]
+    return [".".join(p for p in (root, name) if p) for name, _ in leaves_with_paths(tree)]
 
 
 def _source(eqn: Any) -> str:

@@ -21,6 +21,7 @@ from funcgrad.nn.layer import Layer, Path, as_spec
 from funcgrad.nn.pool import Pool
 from funcgrad.nn.precision import MixedPrecision
 from funcgrad.nn.recording import Recorder, recording
+from funcgrad.paths import dotted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ class _Table(Recorder):
         compute = ", ".join(sorted({str(jnp.dtype(a.dtype)) for a in computed}))
         key = (id(layer), path)
         row = Row(
-            "/".join(path),
+            dotted(path),
             kind,
             "",
             sum(_size(a) for a in computed),

@@ -17,7 +17,7 @@ SEEDS = f"{EXAMPLES / 'see_the_graph.py'}"
 def test_graph_prints_text_and_writes_files(capsys, tmp_path):
     assert main(["graph", f"{SEEDS}:seed2_loss", "--args", "SEED2_ARGS"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("graph loss:") and "params['dense_0']['w']  f64[1,1]  fan-out ×2" in out
+    assert out.startswith("graph loss:") and "params.dense_0.w  f64[1,1]  fan-out ×2" in out
     assert main(["graph", f"{SEEDS}:seed2_loss", "--args", "SEED2_ARGS", "--backward",
                  "--out", str(tmp_path / "g.dot")]) == 0  # fmt: skip
     assert "wrote" in capsys.readouterr().out

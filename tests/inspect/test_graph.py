@@ -40,7 +40,7 @@ def past_casts(g, node_id):
     return node
 
 
-W = "params['dense_0']['w']"
+W = "params.dense_0.w"
 
 
 def test_seed2_forward_uses_the_weight_twice():
@@ -51,9 +51,9 @@ def test_seed2_forward_uses_the_weight_twice():
     users = sorted(past_casts(g, e.dst).op for e in g.edges if e.src == w.id)
     assert users == ["dot_general", "square"]
     assert [n.op for n in g.nodes if n.kind == "input"] == [
-        "params['dense_0']['b']", W, "x", "t", "lam",
+        "params.dense_0.b", W, "x", "t", "lam",
     ]  # fmt: skip
-    assert inputs(g, "params['dense_0']['b']").id not in g.fan_out()
+    assert inputs(g, "params.dense_0.b").id not in g.fan_out()
 
 
 def test_seed2_backward_holds_the_sigmoid_derivative_and_the_lambda_w_term():
