@@ -37,6 +37,16 @@ def _found(directory: Path, mesh: Mesh | Plan | None, only: ModuleType | None) -
     return [(s, f) for s, _, f in sorted(found, key=lambda t: (-t[0], t[1]))]
 
 
+def _made(directory: str | os.PathLike[str]) -> Path:
+    """``directory``, created if missing; a `CheckpointError` if it cannot be."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"cannot create checkpoint directory {directory}: {err}") from err
+    return directory
+
+
 def steps(directory: str | os.PathLike[str]) -> list[int]:
     """The steps of the complete checkpoints in ``directory`` (either format), oldest first.
 
@@ -79,11 +89,7 @@ def save(
       >>> fg.train.restore(folder, {"w": jnp.zeros(3)})[0]
       7
     """
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointError(f"cannot create checkpoint directory {directory}: {err}") from err
+    directory = _made(directory)
     if not os.access(directory, os.W_OK):
         raise CheckpointError(f"checkpoint directory {directory} is not writable")
     path: Path = _writer(mesh).write(directory, step, tree, keep)
@@ -242,11 +248,7 @@ def save_sharded(
       >>> step, tree["w"].tolist(), fg.train.sharded_steps(folder)
       (7, [0.0, 1.0, 2.0, 3.0], [7])
     """
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckpointError(f"cannot create checkpoint directory {directory}: {err}") from err
+    directory = _made(directory)
     path: Path = sharded.write(directory, step, tree, keep)
     return path
 
