@@ -52,7 +52,7 @@ from funcgrad.nn.recurrent import (
     recurrent,
 )
 from funcgrad.nn.reshape import Flatten, Reshape
-from funcgrad.nn.rotary import rotary
+from funcgrad.nn.rotary import rotary, segment_positions
 
 __all__ = [
     "AdaptivePool",
@@ -106,6 +106,7 @@ __all__ = [
     "repeat",
     "residual",
     "rotary",
+    "segment_positions",
     "serial",
     "shared",
     "sigmoid",

@@ -21,13 +21,14 @@ from funcgrad.nn.types import Array, Params, Path, Spec, State
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What one ``apply`` call carries down the tree: randomness, mode, shared parameters, and
-    the decoding position (None unless ``apply`` got a cache)."""
+    """What one ``apply`` call carries down the tree: randomness, mode, shared parameters, the
+    decoding position (None unless ``apply`` got a cache) and the packed-sequence segment ids."""
 
     key: Array | None
     train: bool
     shared: Mapping[str, Any]
     position: Any = None
+    segment_ids: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Layer:
         state: State | None = None,
         train: bool | None = None,
         position: Any = None,
+        segment_ids: Any = None,
         **deprecated: Any,
     ) -> Any:
         """Run the layer. Pure: the same arguments always give the same result.
@@ -115,6 +117,9 @@ class Layer:
           position: decoding: ``x`` holds the tokens at positions ``position,
             position + 1, ...`` (an int or a scalar array); needs the caches of
             `init_cache` in ``state``.
+          segment_ids: packed sequences: integer ``(batch, length)`` ids, one per token of
+            ``x``; a token attends only to tokens of its own segment, and positions (RoPE,
+            position embeddings) restart at 0 where a segment starts.
 
         Returns:
           ``y``, or ``(y, new_state)`` when ``state`` was given.
@@ -166,7 +171,9 @@ class Layer:
         else:
             shared = {}
         mode = key is not None if train is None else train
-        ctx = Context(key=key, train=mode, shared=shared, position=position)
+        ctx = Context(
+            key=key, train=mode, shared=shared, position=position, segment_ids=segment_ids
+        )
         y, new_state = apply_child(self, params, {} if state is None else state, x, ctx, ())
         y = finish(y)
         if cache is not None:

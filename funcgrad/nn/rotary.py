@@ -56,3 +56,27 @@ def rotary(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     a, b = x[..., :half].astype(dtype), x[..., half:].astype(dtype)
     return jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(x.dtype)
+
+
+def segment_positions(segment_ids: Any) -> jax.Array:
+    """Each token's position within its segment: counts restart at 0 where the id changes.
+
+    Packed sequences put several documents in one row; ``segment_ids`` ``(batch, length)``
+    says which document each token belongs to (contiguous runs). The positions are what
+    each document would see alone: the input of `rotary` and of position embeddings.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> nn.segment_positions(jnp.array([[0, 0, 0, 1, 1, 2]])).tolist()
+      [[0, 1, 2, 0, 1, 0]]
+    """
+    ids = jnp.asarray(segment_ids)
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ShapeError(
+            f"segment_ids must be integer (batch, length); got {ids.dtype}{tuple(ids.shape)}"
+        )
+    index = jnp.arange(ids.shape[1])
+    starts = jnp.concatenate([jnp.ones((ids.shape[0], 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    return index - first
