@@ -264,6 +264,10 @@ class MultiHeadAttention(ParamLayer):
             raise ConfigError(f"{where}: rope needs an even head_dim; got {head_dim}")
         return head_dim
 
+    def _rope(self, x: Array, positions: Any) -> Array:
+        """Rotate queries or keys ``(batch, length, heads, head_dim)`` by their positions."""
+        return rotary(x, positions, base=self.rope_base)
+
     def check_input(self, x: Any, path: Path) -> None:
         q, kv, mask = self._split(x)
         where = f"MultiHeadAttention at {describe(path)}"
@@ -337,7 +341,7 @@ class MultiHeadAttention(ParamLayer):
 
         def project(a: Array, n: str) -> Array:
             y = jnp.einsum("btd,dhk->bthk", a, p[f"w{n}"])
-            return y + p[f"b{n}"] if self.use_bias else y
+            return y + p[f"b{n}"] if f"b{n}" in p else y
 
         qh, kh, vh = project(q, "q"), project(kv, "k"), project(kv, "v")
         if ctx.position is None:
@@ -347,13 +351,13 @@ class MultiHeadAttention(ParamLayer):
                     "(from init_cache); decode with apply(params, x, state=state, position=p)"
                 )
             if self.rope:
-                qh = rotary(qh, jnp.arange(qh.shape[1]), base=self.rope_base)
-                kh = rotary(kh, jnp.arange(kh.shape[1]), base=self.rope_base)
+                qh = self._rope(qh, jnp.arange(qh.shape[1]))
+                kh = self._rope(kh, jnp.arange(kh.shape[1]))
             y = attention(qh, kh, vh, mask=mask, causal=self.causal, fused=self.fused)
         else:
             y, state = self._decode(qh, kh, vh, x, state, ctx.position, path)
         y = jnp.einsum("bthk,hko->bto", y, p["wo"])
-        return (y + p["bo"] if self.use_bias else y), state
+        return (y + p["bo"] if "bo" in p else y), state
 
     def _decode(
         self, q: Array, k: Array, v: Array, x: Any, cache: State, position: Any, path: Path
@@ -377,8 +381,7 @@ class MultiHeadAttention(ParamLayer):
         check_fits(want[1], position, q.shape[1], where)
         positions = position + jnp.arange(q.shape[1])
         if self.rope:
-            q = rotary(q, positions, base=self.rope_base)
-            k = rotary(k, positions, base=self.rope_base)
+            q, k = self._rope(q, positions), self._rope(k, positions)
         # Under jit a traced position is not checked: XLA clamps the write to end at max_length.
         new = {
             n: jax.lax.dynamic_update_slice_in_dim(cache[n], a.astype(cache[n].dtype), position, 1)
