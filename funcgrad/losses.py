@@ -15,7 +15,9 @@ from funcgrad.errors import ConfigError, ShapeError
 from funcgrad.primitives import stable
 
 Array = jax.Array
+"""The array type the losses take and return (`jax.Array`)."""
 Reduction = Literal["mean", "sum", "none"]
+"""How a loss reduces its per-example values: their mean, their sum, or none (one per example)."""
 
 
 def _reduce(values: Array, reduction: Reduction, name: str) -> Array:
