@@ -67,10 +67,10 @@ class FuncgradDocs(griffe.Extension):
                     modules.append(sub)  # type: ignore[arg-type]
 
 
-def load() -> griffe.Module:
-    """funcgrad as griffe reads it (statically, as mkdocstrings renders it)."""
+def load(name: str = "funcgrad", root: Path = ROOT) -> griffe.Module:
+    """A package as griffe reads it (statically, as mkdocstrings renders it)."""
     extensions = griffe.load_extensions(FuncgradDocs)
-    package = griffe.load("funcgrad", search_paths=[str(ROOT)], extensions=extensions)
+    package = griffe.load(name, search_paths=[str(root)], extensions=extensions)
     assert isinstance(package, griffe.Module)
     return package
 
@@ -83,7 +83,7 @@ def modules(package: griffe.Module) -> list[str]:
 
 def member(package: griffe.Module, path: str) -> griffe.Object | griffe.Alias:
     """The griffe object at a dotted path (``funcgrad.nn.Dense``)."""
-    return package if path == "funcgrad" else package[path.removeprefix("funcgrad.")]
+    return package if path == package.path else package[path.removeprefix(package.path + ".")]
 
 
 def public_names(module: griffe.Object | griffe.Alias) -> list[str]:
@@ -97,10 +97,10 @@ def public_names(module: griffe.Object | griffe.Alias) -> list[str]:
     ]
 
 
-def undocumented(package: griffe.Module) -> list[str]:
-    """The public names of the documented modules whose object has no docstring."""
+def undocumented(package: griffe.Module, paths: list[str]) -> list[str]:
+    """The public names of the modules at ``paths`` whose object has no docstring."""
     missing = []
-    for path in modules(package):
+    for path in paths:
         module = member(package, path)
         for name in public_names(module):
             obj = module[name]
@@ -124,7 +124,8 @@ def reference_page(package: griffe.Module, path: str) -> str:
         target = obj.final_target if obj.is_alias else obj
         if target.is_module:  # a submodule has its own page; the entry links there
             full = f"{path}.{name}"
-            lines += [f"## `{full}`", "", f"See [{full}]({posixpath.basename(page_name(full))}).", ""]  # fmt: skip
+            link = posixpath.basename(page_name(full))
+            lines += [f"## `{full}`", "", f"See [{full}]({link}).", ""]
         else:
             lines += [f"::: {path}.{name}", ""]
     return "\n".join(lines)
@@ -169,7 +170,8 @@ def on_files(files: Any, config: Any) -> Any:
     from mkdocs.structure.files import File
 
     package = load()
-    files.append(File.generated(config, "index.md", content=home_page((ROOT / "README.md").read_text())))  # fmt: skip
+    home = home_page((ROOT / "README.md").read_text())
+    files.append(File.generated(config, "index.md", content=home))
     for path in modules(package):
         files.append(File.generated(config, page_name(path), content=reference_page(package, path)))
     linked = set()
@@ -181,7 +183,7 @@ def on_files(files: Any, config: Any) -> Any:
                 linked.add(target.relative_to(ROOT).as_posix())
     for rel in sorted(linked - {"README.md"}):
         files.append(File.generated(config, f"{REPO_FILES}/{rel}", abs_src_path=str(ROOT / rel)))
-    for name in undocumented(package):
+    for name in undocumented(package, modules(package)):
         log.warning(f"{name} is public but has no docstring")
     return files
 
