@@ -54,7 +54,7 @@ class FuncgradDocs(griffe.Extension):
             obj.docstring.value = EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
 
     def on_package(self, *, pkg: griffe.Module, **_: Any) -> None:
-        modules = [pkg]
+        modules: list[griffe.Object] = [pkg]
         while modules:
             module = modules.pop()
             for name, sub in list(module.members.items()):
@@ -64,7 +64,7 @@ class FuncgradDocs(griffe.Extension):
                 if target is not None and target != sub.path:
                     module.set_member(name, griffe.Alias(name, target, parent=module))
                 else:
-                    modules.append(sub)  # type: ignore[arg-type]
+                    modules.append(sub)
 
 
 def load(name: str = "funcgrad", root: Path = ROOT) -> griffe.Module:
