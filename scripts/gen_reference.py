@@ -54,11 +54,11 @@ class FuncgradDocs(griffe.Extension):
             obj.docstring.value = EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
 
     def on_package(self, *, pkg: griffe.Module, **_: Any) -> None:
-        modules: list[griffe.Object] = [pkg]
+        modules = [pkg]
         while modules:
             module = modules.pop()
             for name, sub in list(module.members.items()):
-                if sub.is_alias or not sub.is_module:
+                if not isinstance(sub, griffe.Module):
                     continue
                 target = module.imports.get(name)
                 if target is not None and target != sub.path:
