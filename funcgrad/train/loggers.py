@@ -147,7 +147,8 @@ class TensorBoard(_Logger):
     `Checkpoint` hook; 0 for a fresh one) marks it with ``purge_step=s + 1``: TensorBoard hides
     what an earlier run in ``logdir`` wrote after step ``s`` (the steps an interrupted run
     took past its last checkpoint), and shows one curve. Readers that ignore the mark
-    (``tbparse``) see those steps twice. Needs ``pip install 'funcgrad[tensorboard]'``.
+    (``tbparse``) see those steps twice. The events reach the file within two seconds, and
+    all of them at the end (`close`). Needs ``pip install 'funcgrad[tensorboard]'``.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp, numpy as np, optax, funcgrad as fg
@@ -182,15 +183,16 @@ class TensorBoard(_Logger):
     def _start_writing(self, begin: int) -> None:
         # A suffix that sorts by creation, so two runs started within a second neither share
         # a file name (tensorboardX's is to the second) nor come back in the wrong order.
+        # tensorboardX writes from a thread, which flushes the file every ``flush_secs``.
         self._writer = self._writer_class(
-            str(self.logdir), purge_step=begin + 1, filename_suffix=f".{time.time_ns()}"
-        )
+            str(self.logdir), purge_step=begin + 1, filename_suffix=f".{time.time_ns()}",
+            flush_secs=2,
+        )  # fmt: skip
 
     def _write(self, records: dict[int, dict[str, float]]) -> None:
         for step, values in records.items():
             for tag, value in values.items():
                 self._writer.add_scalar(tag, value, step)
-        self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

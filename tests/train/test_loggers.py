@@ -172,3 +172,30 @@ def test_profile_traces_its_window_and_stops_at_an_early_end(tmp_path):
     fit(late, steps=6)
     assert late.traced == (4, 6)
     assert list((tmp_path / "b").glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_an_early_stop_closes_the_writer_and_a_raise_loses_nothing_logged(tmp_path):
+    class StopAt(fg.train.Hook):
+        every = 1
+
+        def __init__(self, step, error=False):
+            self.step, self.error = step, error
+
+        def after_step(self, run):
+            if run.step == self.step:
+                if self.error:
+                    raise errors.ConfigError("boom")
+                run.stop("enough")
+
+    tb = fg.train.TensorBoard(tmp_path / "a")
+    result = fit(fg.train.LogMetrics(3), tb, StopAt(4))
+    assert result.stopped == "enough" and tb._writer is None
+    assert scalars(tmp_path / "a")["loss"][0] == [3, 4]  # the end row of the stopped run too
+
+    tb, js = fg.train.TensorBoard(tmp_path / "b"), fg.train.JsonLines(tmp_path / "b.jsonl")
+    with pytest.raises(errors.ConfigError, match="boom"):
+        fit(fg.train.LogMetrics(2), tb, js, StopAt(5, error=True))
+    assert [r["step"] for r in lines(tmp_path / "b.jsonl")] == [2, 4]  # each line flushed
+    tb.close()  # what `end` would have done (tensorboardX also closes it at exit)
+    assert tb._writer is None
+    assert scalars(tmp_path / "b")["loss"][0] == [2, 4]
