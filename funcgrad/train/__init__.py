@@ -24,6 +24,7 @@ from funcgrad.train.hooks import (
     Run,
     restore_state,
 )  # fmt: skip
+from funcgrad.train.loggers import JsonLines, Profile, TensorBoard
 from funcgrad.train.loop import FitResult, default_hooks, fit
 from funcgrad.train.per_example import global_norms, per_example_grads
 from funcgrad.train.state import NanGuardState, TrainState, nan_guard, nonfinite_step
@@ -31,8 +32,8 @@ from funcgrad.train.step import Step, make_multistep, make_step, make_update
 
 __all__ = [
     "Checkpoint", "CheckpointError", "DamagedCheckpointError", "EarlyStopping", "Evaluate",
-    "FitResult", "History", "Hook", "LogMetrics", "NanGuardState", "Progress", "Run", "Step",
-    "TrainState", "batches", "default_hooks", "fit",
+    "FitResult", "History", "Hook", "JsonLines", "LogMetrics", "NanGuardState", "Profile",
+    "Progress", "Run", "Step", "TensorBoard", "TrainState", "batches", "default_hooks", "fit",
     "global_norms", "load_params", "load_sharded_params", "make_multistep", "make_step",
     "make_update", "nan_guard", "nonfinite_step", "num_examples", "per_example_grads", "restore",
     "restore_sharded", "restore_state", "save", "save_sharded", "sharded_steps", "steps",
