@@ -8,7 +8,7 @@ import funcgrad as fg
 from funcgrad import errors, inspect, losses, nn
 
 MODEL = nn.serial(nn.Dense(16), nn.relu, nn.Dense(3))
-HEAD = lambda path: path.startswith("dense_2")  # noqa: E731
+HEAD = lambda path: path.startswith("dense_2")
 HEAD_TREE = {"dense_0": False, "dense_2": {"w": True, "b": True}}  # a bool may cover a subtree
 
 
@@ -38,7 +38,8 @@ def train(trainable, steps=3, opt=None):
 
 def test_frozen_leaves_stay_bitwise_and_trainable_ones_match_a_hand_step():
     params, state = init(), train(HEAD)
-    for a, b in zip(jax.tree.leaves(params["dense_0"]), jax.tree.leaves(state.params["dense_0"])):
+    body, trained_body = params["dense_0"], state.params["dense_0"]
+    for a, b in zip(jax.tree.leaves(body), jax.tree.leaves(trained_body), strict=True):
         assert np.array_equal(a, b)
     # By hand: differentiate the head alone, the body closed over.
     opt = optax.adam(1e-2)
@@ -90,7 +91,7 @@ def test_no_gradient_is_computed_for_a_frozen_layer():
     model = nn.serial(nn.Dense(256), nn.relu, nn.Dense(1))
     params = model.init(jax.random.key(0), jnp.zeros((1, 256)))
     batch = jnp.ones((64, 256))
-    loss = lambda p, x: jnp.mean(model.apply(p, x) ** 2)  # noqa: E731
+    loss = lambda p, x: jnp.mean(model.apply(p, x) ** 2)
     opt = optax.sgd(0.1)
 
     def flops(trainable):
