@@ -162,15 +162,17 @@ def _split_batch(batch: Any, k: int, what: str) -> Any:
 
 def _check_opt_state(optimizer: Any, train: Any, opt_state: Any, what: str) -> None:
     """Refuse, while tracing, an optimizer state made for other parameters than those trained
-    (say, for all of them when ``trainable=`` selects some)."""
-    expected = jax.tree.structure(jax.eval_shape(optimizer.init, train))
-    if jax.tree.structure(opt_state) != expected:
+    (say, for all of them when ``trainable=`` selects some): its leaves are not as many as
+    ``optimizer.init`` of the trained ones makes."""
+    have = len(jax.tree.leaves(opt_state))
+    want = len(jax.tree.leaves(jax.eval_shape(optimizer.init, train)))
+    if have != want:
         raise ConfigError(
             f"{what}: the optimizer state does not fit the parameters being trained (it has "
-            f"{len(jax.tree.leaves(opt_state))} leaves, optimizer.init of the trainable "
-            f"parameters {expected.num_leaves}); make the state with the step's trainable=: "
-            "TrainState.create(params, optimizer, key=key, trainable=trainable), or "
-            "optimizer.init(fg.train.split_trainable(params, trainable)[0])"
+            f"{have} leaves, optimizer.init of the trainable parameters {want}); make the "
+            "state with the step's trainable=: TrainState.create(params, optimizer, key=key, "
+            "trainable=trainable), or optimizer.init(fg.train.split_trainable(params, "
+            "trainable)[0])"
         )
 
 

@@ -93,7 +93,9 @@ def test_fit_with_microbatches_and_fused_steps_equals_the_plain_run():
         steps=4, hooks=[], **kw,
     )  # fmt: skip
     plain, accumulated = run(), run(microbatches=2, fused=2)
-    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(accumulated.params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(plain.params), jax.tree.leaves(accumulated.params), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
