@@ -42,12 +42,15 @@ from funcgrad.train.state import (
 )
 from funcgrad.train.step import (
     call_loss,
+    check_microbatches,
     key_style,
     make_multistep,
     make_step,
     place_state,
     update_fn,
 )
+from funcgrad.train.trainable import Trainable, split_trainable
+from funcgrad.train.trainable import check as check_trainable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +308,8 @@ def fit(
     prefetch: int = 0,
     nan_guard: bool = True,
     mesh: Mesh | Plan | None = None,
+    trainable: Trainable = None,
+    microbatches: int = 1,
     **deprecated: Any,
 ) -> FitResult:
     """Train ``params`` on ``data`` with ``optimizer`` for ``steps`` or ``epochs``, running ``hooks``.
@@ -341,6 +346,11 @@ def fit(
       mesh: run sharded, as `make_step` does: a `jax.sharding.Mesh` (data parallel) or a
         `funcgrad.parallel.Plan`. With several processes (`funcgrad.parallel.initialize`),
         every process passes the same ``data`` and ``key`` and keeps its own rows of each batch.
+      trainable: train only these leaves (a predicate on the dotted path, or a pytree of
+        bools), as in `make_step`; the others stay bitwise unchanged and the optimizer
+        state (and the checkpoints) hold nothing for them.
+      microbatches: accumulate each step's gradient over this many parts of the batch
+        (`make_step`); ``batch_size`` must be a multiple of it.
 
     The keywords ``eval_data``, ``metrics``, ``eval_every``, ``eval_batch_size``,
     ``early_stopping``, ``log_every``, ``checkpoint_dir``, ``checkpoint_every``, ``keep``,
@@ -372,6 +382,13 @@ def fit(
     total = steps if steps is not None else int(epochs) * per_epoch  # type: ignore[arg-type]
     if not isinstance(fused, int) or fused < 1:
         raise ConfigError(f"fit: fused must be a positive int; got {fused!r}")
+    check_microbatches(microbatches, "fit")
+    check_trainable(trainable, "fit")
+    if batch_size % microbatches:
+        raise ConfigError(
+            f"fit: microbatches={microbatches} splits each batch into equal parts, but "
+            f"batch_size={batch_size} is not a multiple of it"
+        )
     has_state = model_state is not None
     check_live((params, model_state, opt_state), "fit")
     plan = as_plan(mesh)
@@ -389,10 +406,16 @@ def fit(
     style = key_style(loss_fn, with_key, has_state, "fit")
     with warnings.catch_warnings():  # key_style has said it once, in the caller's words
         warnings.simplefilter("ignore", DeprecationWarning)
-        options = {"has_aux": has_aux, "has_state": has_state, "mesh": plan, "with_key": with_key}
+        options = {
+            "has_aux": has_aux, "has_state": has_state, "mesh": plan, "with_key": with_key,
+            "trainable": trainable, "microbatches": microbatches,
+        }  # fmt: skip
         step = make_step(loss_fn, optimizer, **options)  # type: ignore[arg-type]
         multi = make_multistep(loss_fn, optimizer, fused, **options) if fused > 1 else None  # type: ignore[arg-type]
-    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, None)
+    update = update_fn(
+        loss_fn, optimizer, has_aux, has_state, style, None,
+        trainable=trainable, microbatches=microbatches, what="fit",
+    )  # fmt: skip
 
     # One copy up front: the step donates its buffers, and the caller's arrays must survive fit.
     params, model_state, opt_state = jax.tree.map(
@@ -400,7 +423,9 @@ def fit(
         (
             params,
             {} if model_state is None else model_state,
-            optimizer.init(params) if opt_state is None else opt_state,
+            optimizer.init(split_trainable(params, trainable, "fit")[0])
+            if opt_state is None
+            else opt_state,
         ),
     )
     first_batch = jax.tree.map(lambda a: a[:batch_size], data)

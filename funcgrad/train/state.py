@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from funcgrad.nn.checks import check_live
+from funcgrad.train.trainable import Trainable, split_trainable
 
 
 @functools.partial(
@@ -69,19 +70,33 @@ class TrainState:
         model_state: Any = None,
         opt_state: Any = None,
         step: int = 0,
+        trainable: Trainable = None,
     ) -> TrainState:
         """A fresh state: ``opt_state`` defaults to ``optimizer.init(params)``; sums of the loss only.
 
         ``params``, ``model_state``, ``opt_state`` and ``key`` are copied: a step donates the
         state's buffers, and the arrays you passed stay yours (``model.apply(params, x)``
-        still works after training).
+        still works after training). With ``trainable`` (as the step's, see `make_step`), the
+        optimizer state is made for the trainable leaves only.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, optax, funcgrad as fg
+          >>> params = {"body": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
+          >>> state = fg.train.TrainState.create(params, optax.adam(1e-3), key=jax.random.key(0),
+          ...                                    trainable=lambda path: path.startswith("head"))
+          >>> [x.shape for x in jax.tree.leaves(state.opt_state)]  # count, then mu and nu of head.w
+          [(), (3,), (3,)]
         """
         check_live((params, model_state, opt_state), "TrainState.create")
         data, impl = key_parts(key)
         params, model_state, opt_state = jax.tree.map(jnp.copy, (params, model_state, opt_state))
         return cls(
             params=params,
-            opt_state=optimizer.init(params) if opt_state is None else opt_state,
+            opt_state=(
+                optimizer.init(split_trainable(params, trainable, "TrainState.create")[0])
+                if opt_state is None
+                else opt_state
+            ),
             model_state={} if model_state is None else model_state,
             step=jnp.asarray(step, jnp.int32),
             key=data,

@@ -17,7 +17,10 @@ import optax
 from funcgrad.errors import ConfigError, DonatedError, ShapeError
 from funcgrad.nn.loops import loop_body
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
+from funcgrad.paths import leaves_with_paths
 from funcgrad.train.state import TrainState, accumulate, nonfinite_step
+from funcgrad.train.trainable import Trainable, merge_trainable, split_trainable
+from funcgrad.train.trainable import check as check_trainable
 
 Metrics = dict[str, Any]
 Update = Callable[[Any, Any, Any, Any, Any], tuple[Any, Any, Any, Metrics]]
@@ -97,6 +100,8 @@ def make_update(
     has_state: bool = False,
     with_key: bool | None = None,
     mesh: Mesh | Plan | None = None,
+    trainable: Trainable = None,
+    microbatches: int = 1,
 ) -> Update:
     """The un-jitted ``update(params, model_state, opt_state, batch, key)`` behind the steps.
 
@@ -108,6 +113,10 @@ def make_update(
     With ``mesh``, the new parameters and states are constrained to the plan's layout, so a
     sharded step keeps them where they were.
 
+    ``trainable`` (a predicate on a leaf's dotted path, or a pytree of bools) trains only
+    the leaves it selects; ``microbatches=k`` accumulates the gradient over k parts of each
+    batch. Both are described in `make_step`.
+
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcgrad as fg
       >>> loss_fn = lambda w, b, *, key: jnp.mean((b * w - 2 * b + 0 * jax.random.normal(key)) ** 2)
@@ -117,9 +126,54 @@ def make_update(
       >>> round(float(w), 3), round(float(metrics["loss"]), 3)
       (0.4, 4.0)
     """
+    check_microbatches(microbatches, "make_update")
+    check_trainable(trainable, "make_update")
     return update_fn(
-        loss_fn, optimizer, has_aux, has_state, key_style(loss_fn, with_key, has_state), mesh
-    )
+        loss_fn, optimizer, has_aux, has_state, key_style(loss_fn, with_key, has_state), mesh,
+        trainable=trainable, microbatches=microbatches, what="make_update",
+    )  # fmt: skip
+
+
+def check_microbatches(microbatches: Any, what: str) -> None:
+    """Refuse a ``microbatches=`` that is not a positive int."""
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+        raise ConfigError(f"{what}: microbatches must be a positive int; got {microbatches!r}")
+
+
+def _split_batch(batch: Any, k: int, what: str) -> Any:
+    """``batch`` with every leaf's leading axis ``n`` made ``(k, n // k)``: microbatch ``i``
+    holds rows ``i, i + k, i + 2k, ...``, so a batch split over devices stays split the same
+    way in every microbatch."""
+
+    def part(path: str, a: Any) -> Any:
+        n = jnp.shape(a)[0] if jnp.ndim(a) else None
+        if n is None or n % k:
+            rows = "a scalar" if n is None else f"a batch of {n} rows"
+            raise ShapeError(
+                f"{what}: microbatches={k} splits every batch leaf's leading axis into {k} equal "
+                f"parts, but batch leaf '{path or '(top)'}' is {rows}; use a batch size that "
+                f"is a multiple of {k}"
+            )
+        return jnp.moveaxis(jnp.reshape(a, (n // k, k, *jnp.shape(a)[1:])), 1, 0)
+
+    leaves = [part(path, a) for path, a in leaves_with_paths(batch)]
+    return jax.tree.unflatten(jax.tree.structure(batch), leaves)
+
+
+def _check_opt_state(optimizer: Any, train: Any, opt_state: Any, what: str) -> None:
+    """Refuse, while tracing, an optimizer state made for other parameters than those trained
+    (say, for all of them when ``trainable=`` selects some): its leaves are not as many as
+    ``optimizer.init`` of the trained ones makes."""
+    have = len(jax.tree.leaves(opt_state))
+    want = len(jax.tree.leaves(jax.eval_shape(optimizer.init, train)))
+    if have != want:
+        raise ConfigError(
+            f"{what}: the optimizer state does not fit the parameters being trained (it has "
+            f"{have} leaves, optimizer.init of the trainable parameters {want}); make the "
+            "state with the step's trainable=: TrainState.create(params, optimizer, key=key, "
+            "trainable=trainable), or optimizer.init(fg.train.split_trainable(params, "
+            "trainable)[0])"
+        )
 
 
 def update_fn(
@@ -129,6 +183,10 @@ def update_fn(
     has_state: bool,
     style: str | None,
     mesh: Mesh | Plan | None,
+    *,
+    trainable: Trainable = None,
+    microbatches: int = 1,
+    what: str = "make_step",
 ) -> Update:
     """`make_update` for a key style `key_style` has already settled (so it warns only once)."""
     plan = as_plan(mesh)
@@ -136,10 +194,14 @@ def update_fn(
     def call(args: tuple[Any, ...], key: Any) -> Any:
         return call_loss(loss_fn, None if key is None else style, args, key)
 
-    def update(
-        params: Any, model_state: Any, opt_state: Any, batch: Any, key: Any
-    ) -> tuple[Any, Any, Any, Metrics]:
-        def objective(p: Any) -> tuple[Any, tuple[Any, Metrics]]:
+    def value_and_grad(
+        train: Any, frozen: Any, model_state: Any, batch: Any, key: Any
+    ) -> tuple[tuple[Any, tuple[Any, Metrics]], Any]:
+        """The loss and its gradient for the trainable leaves; the frozen ones are closed over,
+        so no gradient is computed for them."""
+
+        def objective(t: Any) -> tuple[Any, tuple[Any, Metrics]]:
+            p = merge_trainable(t, frozen)
             out = call((p, model_state, batch) if has_state else (p, batch), key)
             if not (has_aux or has_state):
                 return _scalar_loss(out), (model_state, {})
@@ -152,13 +214,47 @@ def update_fn(
                 new_state, aux = model_state, extra
             return _scalar_loss(loss), (new_state, dict(aux))
 
-        (loss, (new_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return jax.value_and_grad(objective, has_aux=True)(train)
+
+    def accumulated(
+        train: Any, frozen: Any, model_state: Any, batch: Any, key: Any
+    ) -> tuple[tuple[Any, tuple[Any, Metrics]], Any]:
+        """`value_and_grad` as the mean over ``microbatches`` parts of the batch, one at a time
+        (`jax.lax.scan`), so only one part's activations are live at once."""
+        k = microbatches
+        parts = _split_batch(batch, k, what)
+
+        def body(carry: Any, xs: Any) -> tuple[Any, Any]:
+            total, state = carry
+            part, i = xs
+            part_key = None if key is None else jax.random.fold_in(key, i)
+            (loss, (state, aux)), grads = value_and_grad(train, frozen, state, part, part_key)
+            return (jax.tree.map(jnp.add, total, grads), state), (loss, aux)
+
+        zeros = jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), jnp.promote_types(p.dtype, jnp.float32)), train
+        )
+        (total, new_state), (losses, aux) = jax.lax.scan(
+            body, (zeros, model_state), (parts, jnp.arange(k))
+        )
+        grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), total, train)
+        aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
+        return (jnp.mean(losses), (new_state, aux)), grads
+
+    gradient = value_and_grad if microbatches == 1 else accumulated
+
+    def update(
+        params: Any, model_state: Any, opt_state: Any, batch: Any, key: Any
+    ) -> tuple[Any, Any, Any, Metrics]:
+        train, frozen = split_trainable(params, trainable, what)
+        _check_opt_state(optimizer, train, opt_state, what)
+        (loss, (new_state, aux)), grads = gradient(train, frozen, model_state, batch, key)
         if isinstance(optimizer, optax.GradientTransformationExtraArgs):
             # The loss goes along as ``value`` (nan_guard checks it; reduce_on_plateau uses it).
-            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss)
+            updates, opt_state = optimizer.update(grads, opt_state, train, value=loss)
         else:
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+            updates, opt_state = optimizer.update(grads, opt_state, train)
+        params = merge_trainable(optax.apply_updates(train, updates), frozen)
         if plan is not None:
             params, new_state, opt_state = plan.constrain((params, new_state, opt_state))
         return params, new_state, opt_state, {"loss": loss, **aux}
@@ -327,6 +423,8 @@ def make_step(
     with_key: bool | None = None,
     donate: bool | None = None,
     mesh: Mesh | Plan | None = None,
+    trainable: Trainable = None,
+    microbatches: int = 1,
 ) -> Step:
     """A jitted training step over any optax optimizer: ``step(state, batch) -> (state, metrics)``.
 
@@ -348,6 +446,27 @@ def make_step(
     state are laid out by the plan (on the first call, if they are not already), each
     batch is split over the data axis, and XLA's partitioner inserts the collectives.
 
+    ``trainable`` trains only some leaves: a predicate on each leaf's dotted path
+    (``lambda path: path.startswith("dense_2")``) or a pytree of bools shaped like the
+    parameters (a bool may stand for a whole subtree). The loss still gets the whole tree,
+    but it is differentiated with respect to the trainable leaves only, the frozen ones
+    closed over, so XLA computes no gradient for them; the optimizer sees the trainable
+    leaves alone, so its state holds nothing for the frozen ones (make it with
+    ``TrainState.create(..., trainable=trainable)``), and the frozen leaves come back
+    bitwise unchanged. (``optax.multi_transform`` with ``optax.set_to_zero`` also keeps no
+    state for them, but is handed the whole gradient to throw away; ``jax.lax.stop_gradient``
+    in the loss still gives them optimizer state, and weight decay would move them.)
+    See `split_trainable`.
+
+    ``microbatches=k`` accumulates the gradient over k parts of each batch, in a
+    `jax.lax.scan` inside the step, then applies one update with their mean: for a mean
+    loss the parameters equal the full batch's to rounding, while only one part's
+    activations are live at a time. Every batch leaf's leading axis must be a multiple of
+    k; part ``i`` holds rows ``i, i + k, i + 2k, ...`` (so a batch split over devices
+    stays split in every part) and gets the key ``jax.random.fold_in(key, i)``. The
+    metrics (the loss and the ``has_aux`` values) are their means over the parts; a model
+    state (batch norm) passes through the parts in order. ``k=1`` is the plain step.
+
     Example:
       >>> import jax, jax.numpy as jnp, optax
       >>> import funcgrad as fg
@@ -362,9 +481,14 @@ def make_step(
       >>> round(float(state.params), 3)
       2.0
     """
+    check_microbatches(microbatches, "make_step")
+    check_trainable(trainable, "make_step")
     plan = as_plan(mesh)
     style = key_style(loss_fn, with_key, has_state)
-    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
+    update = update_fn(
+        loss_fn, optimizer, has_aux, has_state, style, plan,
+        trainable=trainable, microbatches=microbatches, what="make_step",
+    )  # fmt: skip
     watch = _ShapeWatch("make_step")
     on_state = _state_update(update, style is not None)
 
@@ -404,6 +528,8 @@ def make_multistep(
     with_key: bool | None = None,
     donate: bool | None = None,
     mesh: Mesh | Plan | None = None,
+    trainable: Trainable = None,
+    microbatches: int = 1,
 ) -> Step:
     """``k`` training steps in one compiled call: `jax.lax.scan` over a stacked block of k batches.
 
@@ -417,7 +543,8 @@ def make_multistep(
     One call costs one dispatch instead of k: on small models, where the per-step
     overhead dominates, this is several times faster. Convolutions in the body take their
     kernel gradient in a form XLA:CPU runs fast in loops (docs/training.md). ``mesh`` shards it as in
-    `make_step` (each batch of the block split over the data axis).
+    `make_step` (each batch of the block split over the data axis); ``trainable`` and
+    ``microbatches`` work as there.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, funcgrad as fg
@@ -432,9 +559,14 @@ def make_multistep(
     """
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"make_multistep: k must be a positive int; got {k!r}")
+    check_microbatches(microbatches, "make_multistep")
+    check_trainable(trainable, "make_multistep")
     plan = as_plan(mesh)
     style = key_style(loss_fn, with_key, has_state, "make_multistep")
-    update = update_fn(loss_fn, optimizer, has_aux, has_state, style, plan)
+    update = update_fn(
+        loss_fn, optimizer, has_aux, has_state, style, plan,
+        trainable=trainable, microbatches=microbatches, what="make_multistep",
+    )  # fmt: skip
     watch = _ShapeWatch("make_multistep")
     on_state = _state_update(update, style is not None)
 
