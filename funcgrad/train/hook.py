@@ -78,6 +78,9 @@ class Hook:
     def end(self, run: Run) -> None:
         """After the last step (or an early stop)."""
 
+    def close(self) -> None:
+        """After the run, also one that raised: release what the hook holds (files, traces)."""
+
 
 def interval(value: int | None, default: int, fused: int) -> int:
     """A hook interval rounded up to a multiple of ``fused`` (0 stays 0: only at the end)."""

@@ -81,7 +81,7 @@ class _Logger(Hook):
         raise NotImplementedError
 
     def close(self) -> None:
-        """Flush and close the destination (``end`` does it; call it after a run that raised)."""
+        """Flush and close the destination; `fit` calls it after every run, also one that raised."""
         self._open = False
 
     def start(self, run: Run) -> None:
@@ -327,3 +327,8 @@ class Profile(Hook):
     def end(self, run: Run) -> None:
         if self._from is not None:
             self._stop(run)
+
+    def close(self) -> None:
+        if self._from is not None:  # the run raised inside the window
+            jax.profiler.stop_trace()
+            self._from = None

@@ -477,8 +477,8 @@ def fit(
         for hook in all_hooks:
             hook.end(run)
     finally:
-        for bar in bars:
-            bar.close()
+        for hook in all_hooks:
+            hook.close()
     if run.nonfinite:
         _warn_nonfinite(run.step, data, data_key, batch_size)
     return FitResult(run.state, run.history, run.stopped)
