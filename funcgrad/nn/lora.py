@@ -1,0 +1,210 @@
+"""LoRA: low-rank factors for a model's weight matrices, and the merge ``W + (alpha/rank)·A·B``.
+
+Fine-tune by training the small factor tree with the base parameters held fixed (closed over).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ParamsError, ShapeError
+from funcgrad.nn.checks import check_key
+from funcgrad.paths import dotted, flatten, leaves_with_paths, unflatten
+
+Targets = Callable[[str, Any], bool] | str | Sequence[str]
+
+# Attention's 3-d projections (`MultiHeadAttention`): wq/wk/wv map one input axis to
+# (heads, head_dim); wo maps two, (heads, head_dim), to one.
+_ATTENTION_INPUT_AXES = {"wq": 1, "wk": 1, "wv": 1, "wo": 2}
+_DEFAULT = "the default targets (every 2-d 'w' and attention's 3-d wq/wk/wv/wo)"
+
+
+def _is_float(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
+def _default_target(path: str, leaf: Any) -> bool:
+    name, ndim = path.rsplit(".", 1)[-1], getattr(leaf, "ndim", 0)
+    wanted = (name == "w" and ndim == 2) or (name in _ATTENTION_INPUT_AXES and ndim == 3)
+    return wanted and _is_float(leaf)
+
+
+def _predicate(targets: Targets | None) -> tuple[Callable[[str, Any], bool], str]:
+    """The targets as a predicate on ``(dotted path, leaf)``, and how an error names them."""
+    if targets is None:
+        return _default_target, _DEFAULT
+    if isinstance(targets, str):
+        targets = (targets,)
+    if callable(targets):
+        return targets, f"the targets predicate {getattr(targets, '__name__', targets)!r}"
+    if isinstance(targets, Sequence) and all(isinstance(t, str) for t in targets):
+        patterns = tuple(targets)
+        return (
+            lambda path, _: any(fnmatch.fnmatchcase(path, p) for p in patterns),
+            f"targets {list(patterns)}",
+        )
+    raise InputTypeError(
+        "lora_init: targets must be a predicate f(path, leaf) -> bool, a glob pattern on "
+        f"dotted paths ('*.wq') or a sequence of them; got {type(targets).__name__}"
+    )
+
+
+def _input_axes(path: str, leaf: Any) -> int:
+    """How many leading axes of a targeted weight are its input (the rest are its output)."""
+    shape = tuple(getattr(leaf, "shape", ()))
+    if not _is_float(leaf):
+        raise DTypeError(
+            f"lora_init: targets select '{path}' of dtype {getattr(leaf, 'dtype', type(leaf))}; "
+            "LoRA adapts floating weight matrices"
+        )
+    if len(shape) == 2:
+        return 1
+    name = path.rsplit(".", 1)[-1]
+    if len(shape) == 3 and name in _ATTENTION_INPUT_AXES:
+        return _ATTENTION_INPUT_AXES[name]
+    raise ShapeError(
+        f"lora_init: targets select '{path}' of shape {shape}, which is not a weight matrix: "
+        "LoRA adapts a 2-d (in, out) weight, or attention's 3-d wq/wk/wv (d, heads, head_dim) "
+        "or wo (heads, head_dim, out) (stacked nn.repeat parameters are not supported)"
+    )
+
+
+def lora_init(
+    key: jax.Array, params: Any, *, rank: int, targets: Targets | None = None
+) -> dict[str, Any]:
+    """Low-rank factors ``{"a": A, "b": B}`` for the targeted weights of ``params``.
+
+    A weight is a matrix from its input axes to its output axes: a 2-d ``w`` is ``(in,
+    out)``; attention's ``wq``/``wk``/``wv`` ``(d, heads, head_dim)`` have one input axis and
+    ``wo`` ``(heads, head_dim, out)`` two. ``A`` is ``(*input_dims, rank)``, drawn as
+    peft draws it (uniform in ``±1/sqrt(fan_in)``, Kaiming-uniform with ``a=sqrt(5)``);
+    ``B`` is ``(rank, *output_dims)``, zeros, so ``lora_merge(params, lora)`` equals
+    ``params`` until ``B`` is trained. Both take the weight's dtype. The result mirrors
+    ``params`` at the targeted leaves only, and holds nothing but the factors (everything in
+    it is trainable); the scale ``alpha / rank`` is `lora_merge`'s argument.
+
+    Args:
+      key: a PRNG key.
+      params: the base parameters (a nested dict of arrays).
+      rank: the factors' inner size, at least 1.
+      targets: which leaves to adapt: a predicate ``f(dotted_path, leaf) -> bool``, or a
+        glob pattern on dotted paths (``"*.wq"``) or a sequence of them. The default takes
+        every floating 2-d leaf named ``w`` (`Dense`) and attention's ``wq``/``wk``/``wv``/``wo``.
+
+    Raises:
+      ConfigError: ``rank`` is not a positive integer, or the targets match no leaf.
+      ShapeError / DTypeError: a targeted leaf is not a floating weight matrix.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> model = nn.serial(nn.Dense(8), nn.relu, nn.Dense(2))
+      >>> params = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> lora = nn.lora_init(jax.random.key(1), params, rank=2)
+      >>> jax.tree.map(jnp.shape, lora)["dense_0"]
+      {'w': {'a': (4, 2), 'b': (2, 8)}}
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"lora_init: rank must be a positive integer; got {rank!r}")
+    check_key(key, "lora_init")
+    wanted, spelled = _predicate(targets)
+    leaves = leaves_with_paths(params)
+    chosen = [(path, leaf) for path, leaf in leaves if wanted(path, leaf)]
+    if not chosen:
+        some = ", ".join(path for path, _ in leaves[:8]) + (", ..." if len(leaves) > 8 else "")
+        raise ConfigError(
+            f"lora_init: {spelled} match no leaf of params; its paths include: {some or 'none'}"
+        )
+    flat: dict[str, Any] = {}
+    for k, (path, w) in zip(jax.random.split(key, len(chosen)), chosen, strict=True):
+        n_in = _input_axes(path, w)
+        fan_in = 1
+        for d in w.shape[:n_in]:
+            fan_in *= d
+        bound = 1 / fan_in**0.5
+        a_shape = (*w.shape[:n_in], rank)
+        flat[f"{path}.a"] = jax.random.uniform(k, a_shape, w.dtype, -bound, bound)
+        flat[f"{path}.b"] = jnp.zeros((rank, *w.shape[n_in:]), w.dtype)
+    return unflatten(flat, where="lora_init")
+
+
+def _factor_pairs(lora: Any) -> dict[str, tuple[Any, Any]]:
+    """``{weight path: (A, B)}`` of a factor tree, checking it holds exactly ``a`` and ``b``."""
+    if not isinstance(lora, Mapping):
+        raise ParamsError(
+            f"lora_merge: lora must be the nested dict lora_init returns; got {type(lora).__name__}"
+        )
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in flatten(lora, where="lora_merge").items():
+        path, _, name = key.rpartition(".")
+        groups.setdefault(path, {})[name] = value
+    pairs = {}
+    for path, group in groups.items():
+        if not path or sorted(group) != ["a", "b"]:
+            raise ParamsError(
+                f"lora_merge: lora at '{path or '(top)'}' holds {sorted(group)}; each adapted "
+                "weight's entry must be exactly {'a': A, 'b': B}"
+            )
+        pairs[path] = (group["a"], group["b"])
+    return pairs
+
+
+def lora_merge(params: Any, lora: Any, *, alpha: float | None = None) -> Any:
+    """``params`` with each adapted weight ``W`` replaced by ``W + (alpha / rank)·A·B``.
+
+    ``A·B`` is ``tensordot(A, B, 1)``, shaped like ``W``; ``rank`` is ``A``'s last axis. The
+    default ``alpha`` is the rank, a scale of 1 (peft's default ``LoraConfig`` has ``r=8,
+    lora_alpha=8``, also 1); to match a peft adapter pass its ``lora_alpha``. The sum is
+    taken in at least float32 and cast back to ``W``'s dtype; ``params`` is not changed. It
+    traces under ``jit`` and ``grad``: call it inside the loss to train ``lora`` with
+    ``params`` fixed (see docs/lora.md).
+
+    Raises:
+      ParamsError: ``lora`` is not a factor tree, or names a leaf ``params`` lacks.
+      ShapeError: a factor pair does not fit its weight.
+      ConfigError: ``alpha`` is not a positive number.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> params = {"dense": {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}}
+      >>> lora = {"dense": {"w": {"a": jnp.ones((3, 1)), "b": jnp.full((1, 2), 0.5)}}}
+      >>> nn.lora_merge(params, lora, alpha=2.0)["dense"]["w"]
+      Array([[1., 1.],
+             [1., 1.],
+             [1., 1.]], dtype=float32)
+    """
+    if alpha is not None and (
+        isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0
+    ):
+        raise ConfigError(f"lora_merge: alpha must be a positive number; got {alpha!r}")
+    pairs = _factor_pairs(lora)
+    weights = dict(leaves_with_paths(params))
+    merged = {}
+    for path, (a, b) in pairs.items():
+        if path not in weights:
+            near = [p for p in weights if p.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1]]
+            raise ParamsError(
+                f"lora_merge: lora adapts '{path}', which params lacks"
+                + (f"; params has {', '.join(near[:6])}" if near else "")
+            )
+        w = weights[path]
+        fits = a.ndim >= 2 and b.ndim >= 2 and a.shape[-1] == b.shape[0]
+        if not fits or tuple(w.shape) != (*a.shape[:-1], *b.shape[1:]):
+            raise ShapeError(
+                f"lora_merge: at '{path}' the weight is {tuple(w.shape)} but A is "
+                f"{tuple(a.shape)} and B {tuple(b.shape)} (expected A (*in, rank) and "
+                "B (rank, *out) with (*in, *out) the weight's shape)"
+            )
+        ct = jnp.promote_types(w.dtype, jnp.float32)
+        delta = jnp.tensordot(
+            a.astype(ct), b.astype(ct), axes=1, precision=jax.lax.Precision.HIGHEST
+        )
+        scale = 1.0 if alpha is None else alpha / a.shape[-1]
+        merged[path] = (w.astype(ct) + scale * delta).astype(w.dtype)
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: merged.get(dotted(p), leaf), params)
