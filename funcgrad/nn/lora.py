@@ -6,6 +6,7 @@ Fine-tune by training the small factor tree with the base parameters held fixed 
 from __future__ import annotations
 
 import fnmatch
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -116,9 +117,12 @@ def lora_init(
     leaves = leaves_with_paths(params)
     chosen = [(path, leaf) for path, leaf in leaves if wanted(path, leaf)]
     if not chosen:
-        some = ", ".join(path for path, _ in leaves[:8]) + (", ..." if len(leaves) > 8 else "")
+        # Name the weight matrices first: they are what a pattern was meant to find.
+        paths = [p for p, leaf in leaves if _default_target(p, leaf)]
+        paths += [p for p, leaf in leaves if not _default_target(p, leaf)]
+        some = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
         raise ConfigError(
-            f"lora_init: {spelled} match no leaf of params; its paths include: {some or 'none'}"
+            f"lora_init: no leaf of params matches {spelled}; its paths include: {some or 'none'}"
         )
     flat: dict[str, Any] = {}
     for k, (path, w) in zip(jax.random.split(key, len(chosen)), chosen, strict=True):
@@ -180,7 +184,7 @@ def lora_merge(params: Any, lora: Any, *, alpha: float | None = None) -> Any:
              [1., 1.]], dtype=float32)
     """
     if alpha is not None and (
-        isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0
+        isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0
     ):
         raise ConfigError(f"lora_merge: alpha must be a positive number; got {alpha!r}")
     pairs = _factor_pairs(lora)

@@ -102,6 +102,8 @@ def test_merge_returns_a_new_tree_and_leaves_other_leaves_as_they_are():
     assert merged["norm"]["scale"] is params["norm"]["scale"]
     assert not jnp.any(params["dense"]["w"])  # the input tree is not changed
     np.testing.assert_array_equal(merged["dense"]["w"], np.ones((3, 2)))
+    twice = nn.lora_merge(params, lora, alpha=np.float32(2.0))  # alpha / rank = 2 / 1
+    np.testing.assert_array_equal(twice["dense"]["w"], np.full((3, 2), 2.0))
 
 
 def test_bfloat16_weights_get_bfloat16_factors_and_merge():
@@ -150,7 +152,7 @@ def _bad_init_cases(params):
         "matches nothing": (
             lambda: init(k, params, rank=2, targets="*.w_q"),
             errors.ConfigError,
-            r"targets \['\*\.w_q'\] match no leaf.*include: attention_1\.bk, ",
+            r"no leaf of params matches targets \['\*\.w_q'\]; its paths include: attention_1\.wk, attention_1\.wo",
         ),
         "a bias": (
             lambda: init(k, params, rank=2, targets="dense_0.b"),
