@@ -1,6 +1,8 @@
 """LoRA: lora_init's factors leave the model unchanged, lora_merge is W + (alpha/rank)·A·B on
-Dense and attention weights (wo with two input axes), training the factors leaves the base
+Dense and attention weights (wo with two input axes), per copy for nn.repeat's stacks, training the factors leaves the base
 alone, and the merge agrees with peft's merge_and_unload on a tiny transformers Llama."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -178,11 +180,15 @@ def test_lora_init_refuses_bad_input(base, case):
 
 
 def test_lora_init_refuses_conv_kernels_and_integer_leaves():
+    conv_layer = nn.Conv(4, (3, 3))
     conv = {"conv": {"w": jnp.zeros((3, 3, 2, 4))}}
+    # Without model= a 4-d `w` may be a stacked Dense or a kernel; with it, it is a kernel.
+    with pytest.raises(errors.ShapeError, match=r"'conv\.w' of shape \(3, 3, 2, 4\).*pass model="):
+        nn.lora_init(jax.random.key(0), conv, rank=2)
     with pytest.raises(errors.ConfigError, match="default targets"):
-        nn.lora_init(jax.random.key(0), conv, rank=2)  # a 4-d `w` is not a default target
-    with pytest.raises(errors.ShapeError, match=r"'conv\.w' of shape \(3, 3, 2, 4\)"):
-        nn.lora_init(jax.random.key(0), conv, rank=2, targets="*")
+        nn.lora_init(jax.random.key(0), conv["conv"], rank=2, model=conv_layer)
+    with pytest.raises(errors.ShapeError, match=r"'w' of shape \(3, 3, 2, 4\), which is not a"):
+        nn.lora_init(jax.random.key(0), conv["conv"], rank=2, targets="*", model=conv_layer)
     with pytest.raises(errors.DTypeError, match=r"'ids' of dtype int32"):
         nn.lora_init(jax.random.key(0), {"ids": jnp.zeros((2, 2), jnp.int32)}, rank=1, targets="*")
 
@@ -285,3 +291,128 @@ def test_merge_matches_peft_merge_and_unload_on_a_tiny_llama():
         want = to_fg(peft_merged[n], h)
         assert not np.allclose(want, params["attn"][f"w{n}"], atol=1e-3)  # the delta is not zero
         np.testing.assert_allclose(merged["attn"][f"w{n}"], want, rtol=0, atol=1e-6)
+
+
+# -- weights stacked by nn.repeat --------------------------------------------------------------
+
+LAYERS, VOCAB = 3, 16
+
+
+def stacked_model():
+    block = nn.serial(
+        nn.residual(nn.MultiHeadAttention(HEADS, num_kv_heads=KV_HEADS, causal=True)),
+        nn.residual(nn.serial(nn.Dense(12), nn.relu, nn.Dense(D))),
+    )
+    return nn.serial(nn.Embedding(VOCAB, D), nn.repeat(block, LAYERS), nn.Dense(VOCAB))
+
+
+APPLY_STACKED = jax.jit(stacked_model().apply)
+
+
+@pytest.fixture(scope="module")
+def stacked():
+    tokens = jax.random.randint(jax.random.key(0), (2, 5), 0, VOCAB)
+    return tokens, stacked_model().init(jax.random.key(1), tokens)
+
+
+def _weights(tree):
+    """``{path of a weight: {"a": A, "b": B}}`` of a factor tree."""
+    flat = fg.paths.flatten(tree)
+    return {p[:-2]: {"a": flat[p], "b": flat[p[:-1] + "b"]} for p in flat if p.endswith(".a")}
+
+
+def test_model_gives_each_repeated_layer_its_own_factors(stacked):
+    tokens, params = stacked
+    rank, hd = 2, D // HEADS
+    lora = nn.lora_init(jax.random.key(3), params, rank=rank, model=stacked_model())
+    shapes = {p: jax.tree.map(jnp.shape, f) for p, f in _weights(lora).items()}
+    attn, mlp = "repeat_1.residual_0.attention_0", "repeat_1.residual_1.serial_0"
+    assert shapes == {
+        "dense_2.w": {"a": (D, rank), "b": (rank, VOCAB)},  # outside the repeat: not stacked
+        f"{attn}.wq": {"a": (LAYERS, D, rank), "b": (LAYERS, rank, HEADS, hd)},
+        f"{attn}.wk": {"a": (LAYERS, D, rank), "b": (LAYERS, rank, KV_HEADS, hd)},
+        f"{attn}.wv": {"a": (LAYERS, D, rank), "b": (LAYERS, rank, KV_HEADS, hd)},
+        f"{attn}.wo": {"a": (LAYERS, HEADS, hd, rank), "b": (LAYERS, rank, D)},
+        f"{mlp}.dense_0.w": {"a": (LAYERS, D, rank), "b": (LAYERS, rank, 12)},
+        f"{mlp}.dense_2.w": {"a": (LAYERS, 12, rank), "b": (LAYERS, rank, D)},
+    }
+    for path, f in _weights(lora).items():
+        assert not jnp.any(f["b"]), path
+        if path != "dense_2.w":  # every copy draws its own A, within peft's bound
+            a = np.asarray(f["a"])
+            assert all(not np.array_equal(a[0], a[i]) for i in range(1, LAYERS)), path
+            fan_in = np.prod(a.shape[1:-1])
+            assert 0.5 / fan_in**0.5 < np.abs(a).max() <= 1 / fan_in**0.5, path
+    # Step 0 is the base model, bit for bit.
+    merged = MERGE(params, lora, alpha=4)
+    np.testing.assert_array_equal(APPLY_STACKED(merged, tokens), APPLY_STACKED(params, tokens))
+
+
+def test_stacked_merge_is_each_layers_own_merge(stacked):
+    _, params = stacked
+    rank, alpha = 2, 6.0
+    lora = nn.lora_init(jax.random.key(3), params, rank=rank, model=stacked_model())
+    lora = random_factors(lora)
+    merged = fg.paths.flatten(MERGE(params, lora, alpha=alpha))
+    base = {p: np.asarray(w) for p, w in fg.paths.flatten(params).items()}
+    s = alpha / rank
+    specs = {"wq": "dr,rhk->dhk", "wk": "dr,rhk->dhk", "wv": "dr,rhk->dhk", "wo": "hkr,ro->hko"}
+    for path, f in _weights(lora).items():
+        spec = specs.get(path.rsplit(".", 1)[-1], "ir,ro->io")
+        if path == "dense_2.w":
+            want = base[path] + s * np.einsum(spec, f["a"], f["b"])
+        else:
+            want = np.stack(
+                [base[path][i] + s * np.einsum(spec, f["a"][i], f["b"][i]) for i in range(LAYERS)]
+            )
+        np.testing.assert_allclose(merged[path], want, rtol=1e-5, atol=1e-5, err_msg=path)
+
+
+def test_attention_stacks_are_inferred_without_model_but_a_stacked_w_is_ambiguous(stacked):
+    _, params = stacked
+    qkvo = "*.w[qkvo]"
+    inferred = nn.lora_init(jax.random.key(3), params, rank=2, targets=qkvo)
+    told = nn.lora_init(jax.random.key(3), params, rank=2, targets=qkvo, model=stacked_model())
+    jax.tree.map(np.testing.assert_array_equal, inferred, told)
+    wo = inferred["repeat_1"]["residual_0"]["attention_0"]["wo"]
+    assert wo["a"].shape == (LAYERS, HEADS, D // HEADS, 2)
+    ambiguous = r"'repeat_1\.residual_1\.serial_0\.dense_0\.w' of shape \(3, 8, 12\).*pass model="
+    with pytest.raises(errors.ShapeError, match=ambiguous):
+        nn.lora_init(jax.random.key(3), params, rank=2)
+    with pytest.raises(errors.ShapeError, match=ambiguous):
+        nn.lora_init(jax.random.key(3), params, rank=2, targets="*dense_0.w")
+
+
+def test_nested_repeats_stack_two_axes_through_wrappers():
+    model = nn.repeat(nn.remat(nn.repeat(nn.serial(nn.Dense(4), nn.tanh), 2)), 3)
+    rng = np.random.default_rng(0)
+    params = {
+        "dense_0": {"w": rng.standard_normal((3, 2, 4, 4), np.float32), "b": np.zeros((3, 2, 4))}
+    }
+    spec = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4)))  # no compile
+    assert jax.tree.map(jnp.shape, spec) == jax.tree.map(np.shape, params)
+    lora = random_factors(nn.lora_init(jax.random.key(1), params, rank=1, model=model))
+    f = lora["dense_0"]["w"]
+    assert (f["a"].shape, f["b"].shape) == ((3, 2, 4, 1), (3, 2, 1, 4))
+    merged = nn.lora_merge(params, lora)["dense_0"]["w"]
+    want = np.asarray(params["dense_0"]["w"]) + np.einsum("lcir,lcro->lcio", f["a"], f["b"])
+    np.testing.assert_allclose(merged, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_factors_that_do_not_fit_and_params_of_another_model(stacked):
+    _, params = stacked
+    with pytest.raises(
+        errors.ParamsError, match=r"stacks \(3,\) copies at 'dense_2\.b'.*params do not"
+    ):
+        nn.lora_init(jax.random.key(0), params, rank=2, model=nn.repeat(stacked_model(), 3))
+    with pytest.raises(errors.InputTypeError, match="model must be the funcgrad Layer"):
+        nn.lora_init(jax.random.key(0), params, rank=2, model="llama")
+    w = {"blocks": {"w": jnp.zeros((3, 4, 5))}}
+    a, b = jnp.ones((3, 4, 2)), jnp.ones((3, 2, 5))
+    np.testing.assert_array_equal(
+        nn.lora_merge(w, {"blocks": {"w": {"a": a, "b": b}}})["blocks"]["w"], np.full((3, 4, 5), 2)
+    )
+    for bad_a, bad_b in [(jnp.ones((2, 4, 2)), b), (a, jnp.ones((3, 3, 5))), (a[0], b)]:
+        shapes = rf"weight is \(3, 4, 5\) but A is {re.escape(str(bad_a.shape))} and B {re.escape(str(bad_b.shape))}"
+        with pytest.raises(errors.ShapeError, match=rf"at 'blocks\.w' the {shapes}"):
+            nn.lora_merge(w, {"blocks": {"w": {"a": bad_a, "b": bad_b}}})
