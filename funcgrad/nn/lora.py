@@ -57,9 +57,9 @@ def _walk(
         yield from _walk(children[0], path, stack)
     elif any(_has_repeat(c) for c in children):
         raise ConfigError(
-            f"lora_init: cannot tell where {type(layer).__name__} at {describe(path)} keeps its "
-            "children's parameters, and an nn.repeat inside it stacks some of them; pass "
-            "params without model= and targets that name the weights"
+            f"lora_init: model= has {type(layer).__name__} at {describe(path)}, with several "
+            "children and an nn.repeat among them; lora_init knows where serial and parallel "
+            "keep their children's parameters, not where this layer does"
         )
 
 

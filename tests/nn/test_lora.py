@@ -405,6 +405,13 @@ def test_stacked_factors_that_do_not_fit_and_params_of_another_model(stacked):
         errors.ParamsError, match=r"stacks \(3,\) copies at 'dense_2\.b'.*params do not"
     ):
         nn.lora_init(jax.random.key(0), params, rank=2, model=nn.repeat(stacked_model(), 3))
+
+    class Pair(nn.Layer):  # children, but no keys lora_init knows
+        def children(self):
+            return (nn.repeat(nn.Dense(4), 2), nn.Dense(4))
+
+    with pytest.raises(errors.ConfigError, match=r"Pair at \(top\), with several children"):
+        nn.lora_init(jax.random.key(0), {"w": jnp.zeros((4, 4))}, rank=1, model=Pair())
     with pytest.raises(errors.InputTypeError, match="model must be the funcgrad Layer"):
         nn.lora_init(jax.random.key(0), params, rank=2, model="llama")
     w = {"blocks": {"w": jnp.zeros((3, 4, 5))}}
