@@ -32,6 +32,7 @@ from funcgrad.nn.dropout import Dropout
 from funcgrad.nn.embedding import Embedding
 from funcgrad.nn.generate import generate
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
+from funcgrad.nn.lora import lora_init, lora_merge
 from funcgrad.nn.mha import MultiHeadAttention, attention
 from funcgrad.nn.norm import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 from funcgrad.nn.pool import (
@@ -97,6 +98,8 @@ __all__ = [
     "gelu",
     "generate",
     "log_softmax",
+    "lora_init",
+    "lora_merge",
     "max_pool",
     "mixed_precision",
     "parallel",
