@@ -29,7 +29,7 @@ from funcgrad.nn.combinators import (
 from funcgrad.nn.conv import Conv, ConvTranspose
 from funcgrad.nn.dense import Dense, Scale
 from funcgrad.nn.dropout import Dropout
-from funcgrad.nn.embedding import Embedding
+from funcgrad.nn.embedding import Embedding, PositionEmbedding, Unembed
 from funcgrad.nn.generate import generate
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
 from funcgrad.nn.mha import MultiHeadAttention, attention
@@ -52,7 +52,7 @@ from funcgrad.nn.recurrent import (
     recurrent,
 )
 from funcgrad.nn.reshape import Flatten, Reshape
-from funcgrad.nn.rotary import rotary, segment_positions
+from funcgrad.nn.rotary import RopeScaling, rotary, segment_positions
 
 __all__ = [
     "AdaptivePool",
@@ -79,15 +79,18 @@ __all__ = [
     "ParamLayer",
     "ParamSpec",
     "Pool",
+    "PositionEmbedding",
     "RMSNorm",
     "Recurrent",
     "Remat",
     "Repeat",
     "Reshape",
+    "RopeScaling",
     "Residual",
     "Scale",
     "Serial",
     "Shared",
+    "Unembed",
     "adaptive_avg_pool",
     "adaptive_max_pool",
     "attention",
