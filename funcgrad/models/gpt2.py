@@ -69,6 +69,8 @@ class GPT2Config:
             raise UnknownNameError(
                 f"GPT2Config: activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}"
             )
+        # Resolved here, so that a config read back from config.json equals the one written.
+        object.__setattr__(self, "intermediate_size", self.inner)
 
     @property
     def inner(self) -> int:
