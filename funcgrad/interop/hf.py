@@ -182,7 +182,7 @@ def _tensors(directory: Path) -> Iterator[dict[str, tuple[Any, Path]]]:
                 file = stack.enter_context(safetensors.safe_open(path, framework="numpy"))
             except Exception as err:  # safetensors raises its own SafetensorError
                 raise ParamsError(f"from_hf: {path} is not a complete safetensors file: {err}") from None  # fmt: skip
-            found |= {k: (file, path) for k in file.keys()}  # noqa: SIM118
+            found |= {k: (file, path) for k in file.keys()}
         yield found
 
 

@@ -88,12 +88,12 @@ class GPT2Config:
         where = f"GPT2Config.from_hf_config (model_type {config.get('model_type')!r})"
         if config.get("model_type") != "gpt2":
             raise UnknownNameError(f"{where}: expected model_type 'gpt2'")
-        unsupported = {
-            "scale_attn_weights": (config.get("scale_attn_weights", True), True),
-            "scale_attn_by_inverse_layer_idx": (config.get("scale_attn_by_inverse_layer_idx", False), False),  # fmt: skip
-            "add_cross_attention": (config.get("add_cross_attention", False), False),
+        needed = {
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "add_cross_attention": False,
         }
-        bad = {k: got for k, (got, ok) in unsupported.items() if got != ok}
+        bad = {k: config[k] for k, ok in needed.items() if config.get(k, ok) != ok}
         if bad:
             raise ConfigError(f"{where}: unsupported settings {bad}")
         act = config.get("activation_function", "gelu_new")

@@ -104,7 +104,9 @@ class LlamaConfig:
         if kind not in MODEL_TYPES:
             raise UnknownNameError(f"{where}: not one of {sorted(MODEL_TYPES)}")
         if config.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"{where}: hidden_act {config['hidden_act']!r}; only 'silu' is supported")
+            raise ConfigError(
+                f"{where}: hidden_act {config['hidden_act']!r}; only 'silu' is supported"
+            )
         layer_types = set(config.get("layer_types") or ["full_attention"])
         window = config.get("sliding_window")
         sliding = (
