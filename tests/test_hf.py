@@ -13,7 +13,7 @@ import transformers
 
 import funcgrad as fg
 from funcgrad import models, nn
-from funcgrad.errors import ConfigError, MissingFileError, ShapeError, UnknownNameError
+from funcgrad.errors import ConfigError, MissingFileError, ParamsError, ShapeError, UnknownNameError
 
 torch.set_num_threads(1)  # the CI machine is small and shared
 
@@ -198,3 +198,71 @@ def test_a_missing_shard_and_a_misshapen_weight_are_named(checkpoints, tmp_path)
     (tmp_path / "b" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ShapeError, match=r"gate_proj\.weight.*\(48, 32\).*\(40, 32\)"):
         fg.interop.from_hf(tmp_path / "b")
+
+
+def test_a_hub_style_gpt2_without_prefix_and_with_mask_buffers_loads(checkpoints, tmp_path):
+    """The original Hub gpt2 files name weights without ``transformer.`` and keep ``attn.bias``
+    mask buffers; a weight the model has no place for is refused by name."""
+    import safetensors.numpy
+
+    folder = checkpoints("gpt2")[1]
+    tensors = safetensors.numpy.load_file(folder / "model.safetensors")
+    hub = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    hub["h.0.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    safetensors.numpy.save_file(hub, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _, params = fg.interop.from_hf(tmp_path)
+    _, want = fg.interop.from_hf(folder)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, want))
+    hub["h.0.mlp.extra.weight"] = np.ones(3, np.float32)
+    safetensors.numpy.save_file(hub, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ParamsError, match=r"h\.0\.mlp\.extra\.weight"):
+        fg.interop.from_hf(tmp_path)
+
+
+# -- the nn pieces the models are made of -----------------------------------------------------
+
+
+def test_position_embedding_positions_in_training_decoding_and_packed_rows():
+    pos = nn.PositionEmbedding(8)
+    table = jnp.arange(24.0).reshape(8, 3)
+    params, x = {"embedding": table}, jnp.zeros((1, 4, 3))
+    assert bool(jnp.all(pos.apply(params, x) == table[:4]))
+    y, _ = pos.apply(params, x[:, :2], state={}, position=5)
+    assert bool(jnp.all(y == table[5:7]))
+    packed = pos.apply(params, x, segment_ids=jnp.array([[0, 0, 1, 1]]))
+    assert bool(jnp.all(packed == table[jnp.array([[0, 1, 0, 1]])]))
+    with pytest.raises(ShapeError, match="max_length=8"):
+        pos.apply(params, x, state={}, position=6)
+
+
+def test_unembed_shares_the_embedding_table_and_both_uses_get_gradients():
+    model = nn.serial(nn.shared(nn.Embedding(5, 3), "e"), nn.shared(nn.Unembed(5, 3), "e"))
+    ids = jnp.array([[1, 4]])
+    params = model.init(jax.random.key(0), ids)
+    table = params["e"]["embedding"]
+    assert bool(jnp.allclose(model.apply(params, ids), table[ids] @ table.T))
+    grad = jax.grad(lambda p: model.apply(p, ids)[0, 0, 2])(params)["e"]["embedding"]
+    # d/dT of T[1]·T[2]: row 1 gets T[2], row 2 gets T[1] (input and output use both count)
+    assert bool(jnp.allclose(grad[1], table[2])) and bool(jnp.allclose(grad[2], table[1]))
+
+
+def test_attention_biases_on_some_projections_only():
+    x = jax.ShapeDtypeStruct((1, 2, 8), jnp.float32)
+
+    def names(use_bias):
+        return sorted(nn.MultiHeadAttention(2, use_bias=use_bias).param_specs(x, ()))
+
+    assert names(("q", "k", "v")) == ["bk", "bq", "bv", "wk", "wo", "wq", "wv"]
+    assert names(True) == ["bk", "bo", "bq", "bv", "wk", "wo", "wq", "wv"]
+    assert names(False) == ["wk", "wo", "wq", "wv"]
+    with pytest.raises(ConfigError, match="use_bias"):
+        names(("x",))
+
+
+def test_rope_scaling_checks_its_settings_and_linear_divides_the_angles():
+    with pytest.raises(ConfigError, match="rope_type"):
+        nn.RopeScaling("yarn")
+    x = jax.random.normal(jax.random.key(0), (1, 3, 2, 4))
+    linear = nn.rotary(x, jnp.arange(3.0), scaling=nn.RopeScaling("linear", factor=2.0))
+    assert bool(jnp.allclose(linear, nn.rotary(x, jnp.arange(3.0) / 2), atol=1e-6))
