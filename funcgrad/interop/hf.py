@@ -181,7 +181,9 @@ def _tensors(directory: Path) -> Iterator[dict[str, tuple[Any, Path]]]:
             try:
                 file = stack.enter_context(safetensors.safe_open(path, framework="numpy"))
             except Exception as err:  # safetensors raises its own SafetensorError
-                raise ParamsError(f"from_hf: {path} is not a complete safetensors file: {err}") from None  # fmt: skip
+                raise ParamsError(
+                    f"from_hf: {path} is not a complete safetensors file: {err}"
+                ) from None
             found |= {k: (file, path) for k in file.keys()}
         yield found
 
