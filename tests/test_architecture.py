@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "parallel": {"errors", "paths", "data"},
     "inspect": {"errors", "paths", "io", "primitives", "nn"},
     "train": {"errors", "paths", "io", "data", "primitives", "nn", "losses", "parallel"},
-    "interop": {"errors", "paths", "io", "nn"},
+    "models": {"errors", "paths", "nn"},
+    "interop": {"errors", "paths", "io", "nn", "models"},
     "export": {"errors", "paths", "io", "nn", "interop", "inspect"},
 }
 PACKAGE_ROOT = "funcgrad"  # the package's own __init__ and __main__: may import everything

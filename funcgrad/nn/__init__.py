@@ -29,7 +29,7 @@ from funcgrad.nn.combinators import (
 from funcgrad.nn.conv import Conv, ConvTranspose
 from funcgrad.nn.dense import Dense, Scale
 from funcgrad.nn.dropout import Dropout
-from funcgrad.nn.embedding import Embedding
+from funcgrad.nn.embedding import Embedding, PositionEmbedding, Unembed
 from funcgrad.nn.generate import generate
 from funcgrad.nn.layer import Context, Layer, ParamLayer, ParamSpec
 from funcgrad.nn.lora import lora_init, lora_merge
@@ -53,7 +53,7 @@ from funcgrad.nn.recurrent import (
     recurrent,
 )
 from funcgrad.nn.reshape import Flatten, Reshape
-from funcgrad.nn.rotary import rotary, segment_positions
+from funcgrad.nn.rotary import RopeScaling, rotary, segment_positions
 
 __all__ = [
     "AdaptivePool",
@@ -80,15 +80,18 @@ __all__ = [
     "ParamLayer",
     "ParamSpec",
     "Pool",
+    "PositionEmbedding",
     "RMSNorm",
     "Recurrent",
     "Remat",
     "Repeat",
     "Reshape",
     "Residual",
+    "RopeScaling",
     "Scale",
     "Serial",
     "Shared",
+    "Unembed",
     "adaptive_avg_pool",
     "adaptive_max_pool",
     "attention",

@@ -1,6 +1,6 @@
-"""Embedding: a lookup table from integer ids ``(...)`` to vectors ``(..., features)``.
+"""Embedding tables: `Embedding` (ids to vectors), `PositionEmbedding` (learned positions) and `Unembed`.
 
-The table is ``(num_embeddings, features)``, initialised N(0, 1) as in PyTorch.
+A table is ``(num_embeddings, features)``; `Unembed` reads one as an output projection (tied embeddings).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from funcgrad.errors import ConfigError, DTypeError, IdRangeError
+from funcgrad.errors import ConfigError, DTypeError, IdRangeError, ShapeError
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -24,6 +24,7 @@ from funcgrad.nn.layer import (
     Path,
     Spec,
 )
+from funcgrad.nn.rotary import segment_positions
 from funcgrad.paths import describe
 
 MODES = ("clip", "fill", "error")
@@ -105,3 +106,110 @@ class Embedding(ParamLayer):
         if self.mode == "fill":
             rows = jnp.where(valid[..., None], rows, jnp.zeros((), rows.dtype))
         return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionEmbedding(ParamLayer):
+    """Add a learned embedding of each token's position: ``x + params['embedding'][positions]``.
+
+    ``x`` is ``(batch, length, features)`` (token embeddings); the table is
+    ``(max_length, features)`` (GPT-2's ``wpe``). The positions are ``0 .. length-1`` in
+    training, ``position, position + 1, ...`` when decoding with ``apply(..., position=p)``,
+    and restart at 0 at each segment start when ``apply`` gets ``segment_ids=``
+    (`segment_positions`). A concrete position at or beyond ``max_length`` is a `ShapeError`;
+    under ``jit`` a traced one is clamped to the last row.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> pos = nn.PositionEmbedding(16)
+      >>> x = jnp.zeros((1, 3, 4))
+      >>> params = pos.init(jax.random.key(0), x)
+      >>> bool(jnp.all(pos.apply(params, x) == params["embedding"][:3]))
+      True
+    """
+
+    max_length: int
+    embedding_init: Initializer = jax.nn.initializers.normal(stddev=0.02)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    name: str | None = None
+    kind = "position_embedding"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ConfigError(
+                f"PositionEmbedding: max_length must be a positive int; got {self.max_length!r}"
+            )
+
+    def check_input(self, x: Spec, path: Path) -> None:
+        if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.inexact):
+            raise ShapeError(
+                f"PositionEmbedding at {describe(path)}: expected float (batch, length, features); "
+                f"got {x.dtype}{tuple(x.shape)}"
+            )
+
+    def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
+        shape = (self.max_length, x.shape[-1])
+        return {"embedding": ParamSpec(shape, self.param_dtype, self.embedding_init)}
+
+    def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
+        length = x.shape[1]
+        if ctx.segment_ids is not None:
+            positions = segment_positions(ctx.segment_ids)
+        else:
+            start = 0 if ctx.position is None else ctx.position
+            positions = start + jnp.arange(length)
+            if not isinstance(start, jax.core.Tracer) and int(start) + length > self.max_length:
+                raise ShapeError(
+                    f"PositionEmbedding at {describe(path)}: positions {int(start)}.."
+                    f"{int(start) + length - 1} do not fit a table of max_length={self.max_length}"
+                )
+        dtype = self.dtype or jnp.result_type(x, params["embedding"])
+        rows = jnp.take(params["embedding"], positions, axis=0, mode="clip")
+        return x.astype(dtype) + rows.astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unembed(ParamLayer):
+    """Logits from an embedding table: ``x @ params['embedding'].T``, ``(..., features)`` to
+    ``(..., num_embeddings)``.
+
+    Its parameter is an `Embedding`'s, so with `shared` under one name the two read one table
+    (tied input and output embeddings, as in GPT-2): ``nn.shared(nn.Embedding(V, d), "embed")``
+    first, ``nn.shared(nn.Unembed(V, d), "embed")`` last.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import nn
+      >>> model = nn.serial(
+      ...     nn.shared(nn.Embedding(10, 4), "embed"), nn.shared(nn.Unembed(10, 4), "embed")
+      ... )
+      >>> ids = jnp.array([[1, 2]])
+      >>> params = model.init(jax.random.key(0), ids)
+      >>> sorted(params), model.apply(params, ids).shape
+      (['embed'], (1, 2, 10))
+    """
+
+    num_embeddings: int
+    features: int
+    embedding_init: Initializer = jax.nn.initializers.normal(stddev=1.0)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    name: str | None = None
+    kind = "unembed"
+
+    def check_input(self, x: Spec, path: Path) -> None:
+        if x.ndim < 1 or x.shape[-1] != self.features or not jnp.issubdtype(x.dtype, jnp.inexact):
+            raise ShapeError(
+                f"Unembed at {describe(path)}: expected float (..., {self.features}); got "
+                f"{x.dtype}{tuple(x.shape)}"
+            )
+
+    def param_specs(self, x: Spec, path: Path) -> dict[str, ParamSpec]:
+        shape = (self.num_embeddings, self.features)
+        return {"embedding": ParamSpec(shape, self.param_dtype, self.embedding_init)}
+
+    def forward(self, params: Params, x: Array, ctx: Context, path: Path) -> Array:
+        dtype = self.dtype or jnp.result_type(x, params["embedding"])
+        return jnp.einsum("...d,vd->...v", x.astype(dtype), params["embedding"].astype(dtype))

@@ -25,7 +25,7 @@ from funcgrad.nn.layer import (
     compute_dtype,
     require_float,
 )
-from funcgrad.nn.rotary import rotary
+from funcgrad.nn.rotary import RopeScaling, rotary
 from funcgrad.paths import describe
 from funcgrad.primitives.stable import softmax
 
@@ -203,12 +203,14 @@ class MultiHeadAttention(ParamLayer):
       qkv_features: total query/key/value width; default the input width.
       out_features: output width; default the input width.
       causal: mask out attention to later positions (always on when decoding).
-      use_bias, w_init, dtype, param_dtype, name: as for `Dense` (default
-        kernel init LeCun normal).
+      use_bias: biases on all four projections (True), none (False), or a tuple of the
+        projections that have one, from ``"q", "k", "v", "o"`` (Qwen2: ``("q", "k", "v")``).
+      w_init, dtype, param_dtype, name: as for `Dense` (default kernel init LeCun normal).
       num_kv_heads: key/value heads (grouped-query attention; 1 is multi-query);
         must divide ``num_heads``. Default: ``num_heads``.
       rope: rotate queries and keys by their positions (`funcgrad.nn.rotary`, half-split
         pairs) with base ``rope_base``; positions count from 0 in ``x`` and in the context.
+      rope_scaling: a `funcgrad.nn.RopeScaling` of the rotary frequencies (Llama 3.1's).
       fused: passed to `attention` (default: fused for half precision only).
 
     Example:
@@ -224,7 +226,7 @@ class MultiHeadAttention(ParamLayer):
     qkv_features: int | None = None
     out_features: int | None = None
     causal: bool = False
-    use_bias: bool = True
+    use_bias: bool | tuple[str, ...] = True
     w_init: Initializer = jax.nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -233,6 +235,7 @@ class MultiHeadAttention(ParamLayer):
     rope: bool = False
     rope_base: float = 10000.0
     fused: bool | None = None
+    rope_scaling: RopeScaling | None = None
     kind = "attention"
 
     def __post_init__(self) -> None:
@@ -266,7 +269,7 @@ class MultiHeadAttention(ParamLayer):
 
     def _rope(self, x: Array, positions: Any) -> Array:
         """Rotate queries or keys ``(batch, length, heads, head_dim)`` by their positions."""
-        return rotary(x, positions, base=self.rope_base)
+        return rotary(x, positions, base=self.rope_base, scaling=self.rope_scaling)
 
     def check_input(self, x: Any, path: Path) -> None:
         q, kv, mask = self._split(x)
@@ -306,11 +309,14 @@ class MultiHeadAttention(ParamLayer):
             "wv": ParamSpec((kv.shape[-1], g, hd), pd, self.w_init),
             "wo": ParamSpec((h, hd, out), pd, out_init),
         }
-        if self.use_bias:
-            specs |= {"bq": ParamSpec((h, hd), pd, zeros)}
-            specs |= {f"b{n}": ParamSpec((g, hd), pd, zeros) for n in "kv"}
-            specs["bo"] = ParamSpec((out,), pd, zeros)
-        return specs
+        names = "qkvo" if self.use_bias is True else self.use_bias or ()
+        if not (isinstance(names, (str, tuple)) and set(names) <= set("qkvo")):
+            raise ConfigError(
+                f"MultiHeadAttention at {describe(path)}: use_bias must be True, False or a tuple "
+                f"of projection names from ('q', 'k', 'v', 'o'); got {self.use_bias!r}"
+            )
+        shapes = {"q": (h, hd), "k": (g, hd), "v": (g, hd), "o": (out,)}
+        return specs | {f"b{n}": ParamSpec(shapes[n], pd, zeros) for n in "qkvo" if n in names}
 
     def _init_slot(self, request: SlotRequest, params: Params | None, path: Path) -> State:
         if request.what != "cache":

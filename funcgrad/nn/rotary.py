@@ -5,15 +5,69 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import math
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
-from funcgrad.errors import ShapeError
+from funcgrad.errors import ConfigError, ShapeError
 
 
-def rotary(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """How `rotary` stretches its wavelengths for contexts longer than the model was trained on.
+
+    ``rope_type="linear"`` divides every frequency by ``factor`` (positions interpolated);
+    ``"llama3"`` is Llama 3.1's scheme (Hugging Face's ``_compute_llama3_parameters``):
+    wavelengths shorter than ``original_max_position_embeddings / high_freq_factor`` stay,
+    those longer than ``original_max_position_embeddings / low_freq_factor`` are stretched by
+    ``factor``, and those between are interpolated smoothly.
+
+    Example:
+      >>> from funcgrad import nn
+      >>> nn.RopeScaling("llama3", factor=8.0).original_max_position_embeddings
+      8192
+    """
+
+    rope_type: Literal["linear", "llama3"] = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ("linear", "llama3"):
+            raise ConfigError(
+                f"RopeScaling: rope_type must be 'linear' or 'llama3'; got {self.rope_type!r}"
+            )
+        if not self.factor > 0 or (
+            self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0
+        ):
+            raise ConfigError(
+                f"RopeScaling: needs factor > 0 (and high_freq_factor > low_freq_factor > 0 for "
+                f"llama3); got {self}"
+            )
+
+    def frequencies(self, inverse: jax.Array) -> jax.Array:
+        """The scaled inverse frequencies for unscaled ``inverse`` ones."""
+        if self.rope_type == "linear":
+            return inverse / self.factor
+        context = self.original_max_position_embeddings
+        wavelength = 2 * math.pi / inverse
+        smooth = (context / wavelength - self.low_freq_factor) / (
+            self.high_freq_factor - self.low_freq_factor
+        )
+        smoothed = (1 - smooth) * inverse / self.factor + smooth * inverse
+        long = wavelength > context / self.low_freq_factor
+        short = wavelength < context / self.high_freq_factor
+        return jnp.where(long, inverse / self.factor, jnp.where(short, inverse, smoothed))
+
+
+def rotary(
+    x: jax.Array, positions: Any, *, base: float = 10000.0, scaling: RopeScaling | None = None
+) -> jax.Array:
     """Rotate ``x`` ``(batch, length, heads, head_dim)`` by its ``positions``.
 
     Pairing convention: half-split, as in GPT-NeoX and Llama (Hugging Face's
@@ -27,7 +81,8 @@ def rotary(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
     Args:
       x: queries or keys, ``(batch, length, heads, head_dim)``, ``head_dim`` even.
       positions: integer or float positions, ``(length,)`` or ``(batch, length)``.
-      base: the wavelength base.
+      base: the wavelength base (Hugging Face's ``rope_theta``).
+      scaling: optional `RopeScaling` of the frequencies (Llama 3.1's, or linear).
 
     Example:
       >>> import jax.numpy as jnp
@@ -52,6 +107,8 @@ def rotary(x: jax.Array, positions: Any, *, base: float = 10000.0) -> jax.Array:
     half = x.shape[-1] // 2
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     inverse = base ** (-jnp.arange(half, dtype=dtype) * 2 / x.shape[-1])
+    if scaling is not None:
+        inverse = scaling.frequencies(inverse)
     angles = positions.astype(dtype)[..., None, None] * inverse  # (..., length, 1, half)
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     a, b = x[..., :half].astype(dtype), x[..., half:].astype(dtype)

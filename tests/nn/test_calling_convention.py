@@ -41,6 +41,8 @@ CASES = {
     "Reshape": (nn.Reshape((2, 4)), VEC, ()),
     "Dropout": (nn.Dropout(0.5), VEC, ()),
     "Embedding": (nn.Embedding(10, 8), TOKENS, ()),
+    "PositionEmbedding": (nn.PositionEmbedding(8), SEQ, ()),
+    "Unembed": (nn.Unembed(10, 8), SEQ, ()),
     "LayerNorm": (nn.LayerNorm(), VEC, ()),
     "RMSNorm": (nn.RMSNorm(), VEC, ()),
     "BatchNorm": (nn.BatchNorm(), VEC, ()),
