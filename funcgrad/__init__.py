@@ -9,6 +9,7 @@ from funcgrad import (
     inspect,
     interop,
     losses,
+    models,
     nn,
     parallel,
     primitives,
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Primitive", "clip_gradient", "errors", "export", "inspect", "interop", "log1mexp", "log1pexp", "log_sigmoid",
-    "log_softmax", "logaddexp", "logsumexp", "losses", "nn", "parallel", "primitive", "primitives",
+    "log_softmax", "logaddexp", "logsumexp", "losses", "models", "nn", "parallel", "primitive", "primitives",
     "safe_norm", "scale_gradient", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "straight_through", "testing", "train", "xlogy",
 ]  # fmt: skip

@@ -5,9 +5,8 @@ Each is a frozen config plus a `Pretrained` layer; `funcgrad.interop.from_hf` lo
 
 from __future__ import annotations
 
-from funcgrad.models import gpt2, llama
 from funcgrad.models.base import Pretrained
 from funcgrad.models.gpt2 import GPT2, GPT2Config
 from funcgrad.models.llama import Llama, LlamaConfig
 
-__all__ = ["GPT2", "GPT2Config", "Llama", "LlamaConfig", "Pretrained", "gpt2", "llama"]
+__all__ = ["GPT2", "GPT2Config", "Llama", "LlamaConfig", "Pretrained"]
