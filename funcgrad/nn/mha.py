@@ -573,7 +573,11 @@ class MultiHeadAttention(ParamLayer):
             y, state = self._decode(qh, kh, vh, x, state, ctx.position, path)
         y = jnp.einsum("bthk,hko->bto", y, p["wo"])
         y = y + p["bo"] if "bo" in p else y
-        return (y if lengths is None else (y, lengths)), state
+        if lengths is None:
+            return y, state
+        # Padded positions give 0, as a recurrent layer's do (not the output bias).
+        live = jnp.arange(y.shape[1]) < lengths[:, None]
+        return (jnp.where(live[..., None], y, jnp.zeros((), y.dtype)), lengths), state
 
     def _decode(
         self, q: Array, k: Array, v: Array, x: Any, cache: State, position: Any, path: Path
