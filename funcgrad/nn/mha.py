@@ -424,7 +424,8 @@ class MultiHeadAttention(ParamLayer):
                 f"MultiHeadAttention: num_kv_heads={self.num_kv_heads} must be a positive "
                 f"divisor of num_heads={self.num_heads}"
             )
-        _check_window(self.window, "MultiHeadAttention")
+        # A tuple of ints, so the layer stays hashable (a static argument of jit).
+        object.__setattr__(self, "window", _check_window(self.window, "MultiHeadAttention"))
 
     @property
     def kv_heads(self) -> int:
