@@ -24,6 +24,7 @@ def generate(
     key: jax.Array,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
     features: int | None = None,
     cache_dtype: Any = None,
     max_length: int | None = None,
@@ -48,6 +49,10 @@ def generate(
       key: a PRNG key; each step draws with its own key split from it.
       temperature: divides the logits before sampling; 0 is greedy (argmax).
       top_k: sample among the ``top_k`` most likely tokens only; 1 is greedy.
+      top_p: nucleus sampling, ``0 < top_p <= 1``: sample among the fewest most likely
+        tokens whose probabilities sum to at least ``top_p`` (tokens tied with the last one
+        kept stay in); 1 (or None) keeps every token. Applied after ``temperature`` and
+        ``top_k``, to the probabilities they leave.
       features, cache_dtype: passed to `Layer.init_cache` (``features`` only matters for a
         layer whose width the parameters do not show).
       max_length: the cache length, the most positions the model may see (a model trained
@@ -86,6 +91,10 @@ def generate(
         raise ConfigError(f"generate: temperature must be >= 0; got {temperature!r}")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
         raise ConfigError(f"generate: top_k must be a positive int or None; got {top_k!r}")
+    if top_p is not None and not (
+        isinstance(top_p, (int, float)) and not isinstance(top_p, bool) and 0 < top_p <= 1
+    ):
+        raise ConfigError(f"generate: top_p must be a number in (0, 1] or None; got {top_p!r}")
     check_key(key, "generate")
     batch, length = prompt.shape
     if max_length is None:
@@ -100,31 +109,45 @@ def generate(
         batch, max_length, params=params, features=features, dtype=cache_dtype, state=state
     )
     greedy = temperature == 0 or top_k == 1
+    nucleus = None if greedy or top_p is None or top_p >= 1 else float(top_p)
     return _generate(
         model, max_new_tokens, 1.0 if greedy else float(temperature), None if greedy else top_k,
-        greedy, params, prompt, cache, key,
+        nucleus, greedy, params, prompt, cache, key,
     )  # fmt: skip
 
 
 def _sample(
-    logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None, greedy: bool
+    logits: jax.Array,
+    key: jax.Array,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: bool,
 ) -> jax.Array:
-    """One token per row of ``logits`` ``(batch, vocab)``."""
+    """One token per row of ``logits`` ``(batch, vocab)``: temperature, then top-k, then top-p."""
     if greedy:
         return jnp.argmax(logits, axis=-1)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        ranked = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(ranked, axis=-1)
+        # A token is in the nucleus when the more likely ones before it hold less than top_p.
+        inside = jnp.cumsum(probs, axis=-1) - probs < top_p
+        last = jnp.min(jnp.where(inside, ranked, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < last, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _generate(
     model: Layer,
     steps: int,
     temperature: float,
     top_k: int | None,
+    top_p: float | None,
     greedy: bool,
     params: Params,
     prompt: jax.Array,
@@ -142,12 +165,12 @@ def _generate(
 
     keys = jax.random.split(key, steps)
     logits, cache = logits_of(prompt, cache, 0)
-    first = _sample(logits, keys[0], temperature, top_k, greedy).astype(prompt.dtype)
+    first = _sample(logits, keys[0], temperature, top_k, top_p, greedy).astype(prompt.dtype)
 
     def step(carry: tuple[jax.Array, Any, jax.Array], k: jax.Array) -> tuple[Any, jax.Array]:
         token, cache, position = carry
         logits, cache = logits_of(token[:, None], cache, position)
-        token = _sample(logits, k, temperature, top_k, greedy).astype(prompt.dtype)
+        token = _sample(logits, k, temperature, top_k, top_p, greedy).astype(prompt.dtype)
         return (token, cache, position + 1), token
 
     start = jnp.asarray(prompt.shape[1], jnp.int32)

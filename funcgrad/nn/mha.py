@@ -6,12 +6,15 @@ The layer does self- and cross-attention, grouped-query heads, rotary positions 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from funcgrad.errors import ConfigError, DTypeError, ShapeError
+from funcgrad.errors import ConfigError, DTypeError, InputTypeError, ShapeError
 from funcgrad.nn.layer import (
     Array,
     Context,
@@ -25,7 +28,7 @@ from funcgrad.nn.layer import (
     compute_dtype,
     require_float,
 )
-from funcgrad.nn.rotary import RopeScaling, rotary
+from funcgrad.nn.rotary import RopeScaling, rotary, segment_positions
 from funcgrad.paths import describe
 from funcgrad.primitives.stable import softmax
 
@@ -39,11 +42,21 @@ def attention(
     causal: bool = False,
     scale: float | None = None,
     fused: bool | None = None,
+    q_lengths: Array | None = None,
+    kv_lengths: Array | None = None,
+    segment_ids: Any = None,
+    window: tuple[int, int] | None = None,
 ) -> Array:
     """softmax(q·kᵀ·scale) v over ``(batch, length, heads, head_dim)`` arrays.
 
     ``k`` and ``v`` may have fewer heads than ``q`` (grouped-query / multi-query
     attention): query head ``i`` reads key/value head ``i // (q_heads // kv_heads)``.
+
+    Every restriction below narrows the keys a query may attend to; they combine (all must
+    allow a key). Lengths, causality and the window go to `jax.nn.dot_product_attention` as
+    its own arguments (``query_seq_lengths``, ``key_value_seq_lengths``, ``is_causal``,
+    ``local_window_size``) where they mean the same, so cuDNN can serve them on a GPU; only
+    ``mask`` and the segments become a mask array.
 
     Args:
       q: queries ``(batch, q_len, heads, head_dim)``.
@@ -59,8 +72,21 @@ def attention(
         float64. The precise path takes the softmax in the input's precision (at least
         float32); the fused one in float32, so ``fused=True`` is a speed-for-accuracy choice
         for float32 and refused for float64.
+      q_lengths, kv_lengths: padding, integer ``(batch,)``: queries at index
+        ``>= q_lengths[b]`` are padding and get 0; keys at index ``>= kv_lengths[b]`` are
+        never attended to.
+      segment_ids: packed sequences, integer ids, one per token: a query attends only to
+        keys of its own segment. Either one ``(batch, length)`` array for self-attention
+        (``q_len == kv_len``, the same ids for queries and keys), or a pair
+        ``(q_segment_ids, kv_segment_ids)`` shaped ``(batch, q_len)`` and
+        ``(batch, kv_len)``.
+      window: ``(left, right)`` non-negative ints, a sliding window: query ``i`` attends to
+        keys ``i' - left <= j <= i' + right`` with ``i' = i + kv_len - q_len`` (aligned
+        bottom-right, as ``causal``). With ``causal=True`` only ``left`` matters
+        (``window=(w, 0)`` is the usual causal sliding window of ``w + 1`` keys).
 
-    A query whose keys are all masked out gets 0 (not NaN, and not the mean of ``v``).
+    A query whose keys are all masked out (a padded query, say) gets 0 (not NaN, and not
+    the mean of ``v``), on both paths.
 
     Example:
       >>> import jax.numpy as jnp
@@ -69,46 +95,191 @@ def attention(
       >>> kv = jnp.ones((1, 5, 2, 8))  # 2 key/value heads shared by 4 query heads
       >>> nn.attention(q, kv, kv, causal=True).shape
       (1, 3, 4, 8)
+      >>> y = nn.attention(q, kv, kv, q_lengths=jnp.array([2]), window=(1, 0))
+      >>> y[0, 2].tolist() == jnp.zeros((4, 8)).tolist()  # the padded query gets 0
+      True
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     _check(q, k, v, mask)
-    if _use_fused(fused, q.dtype) and mask is None and (not causal or q.shape[1] == k.shape[1]):
-        flash = _cudnn(q, k, v, causal, scale)
-        if flash is not None:
-            return flash
-    allowed = None if mask is None else jnp.asarray(mask)
-    if causal:
-        rows, cols = q.shape[1], k.shape[1]
-        tri = jnp.tril(jnp.ones((rows, cols), bool), cols - rows)
-        allowed = tri if allowed is None else allowed & tri
-    if allowed is not None:
-        allowed = allowed.reshape((1,) * (4 - allowed.ndim) + allowed.shape)
+    where = "nn.attention"
+    q_lengths = _check_lengths(q_lengths, q.shape[:2], "q_lengths", where)
+    kv_lengths = _check_lengths(kv_lengths, k.shape[:2], "kv_lengths", where)
+    segments = _check_segments(segment_ids, q.shape[:2], k.shape[1], where)
+    window = _check_window(window, where)
+    if causal and window is not None:
+        window = (window[0], 0)
     scale = 1.0 / float(q.shape[-1]) ** 0.5 if scale is None else scale
-    if _use_fused(fused, q.dtype):
-        y = jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=scale)
-        if allowed is None:
-            return y
-        # The fused call gives a fully masked row the mean of v; the precise path gives 0.
-        live = jnp.moveaxis(jnp.any(allowed, axis=-1), 1, 2)[..., None]
-        return jnp.where(live, y, jnp.zeros((), y.dtype))
-    return _precise(q, k, v, allowed, scale)
+    square = q.shape[1] == k.shape[1]
+    if not _use_fused(fused, q.dtype):
+        allowed = _allowed(q, k, mask, causal, window, q_lengths, kv_lengths, segments)
+        return _precise(q, k, v, allowed, scale)
+    # jax's causal mask and window are aligned top-left: funcgrad's bottom-right alignment
+    # when the lengths are equal; otherwise they join the mask.
+    explicit = _allowed(
+        q, k, mask, causal and not square, None if square else window, None, None, segments
+    )
+    call = functools.partial(
+        jax.nn.dot_product_attention,
+        q,
+        k,
+        v,
+        mask=explicit,
+        scale=scale,
+        is_causal=causal and square,
+        local_window_size=window if square else None,
+        query_seq_lengths=None if q_lengths is None else q_lengths.astype(jnp.int32),
+        key_value_seq_lengths=None if kv_lengths is None else kv_lengths.astype(jnp.int32),
+    )
+    y = _cudnn(call)
+    if y is None:
+        y = call()
+    allowed = _allowed(q, k, mask, causal, window, q_lengths, kv_lengths, segments)
+    if allowed is None or (explicit is None and q_lengths is None and kv_lengths is None):
+        return y  # square causal and windows leave every query a key (itself)
+    # The fused call gives a fully masked row the mean of v (or what cuDNN leaves); ours is 0.
+    live = jnp.moveaxis(jnp.any(allowed, axis=-1), 1, 2)[..., None]
+    return jnp.where(live, y, jnp.zeros((), y.dtype))
 
 
-def _cudnn(q: Array, k: Array, v: Array, causal: bool, scale: float | None) -> Array | None:
-    """cuDNN's flash attention on a GPU, where it takes these shapes; None elsewhere.
+def _allowed(
+    q: Array,
+    k: Array,
+    mask: Any,
+    causal: bool,
+    window: tuple[int, int] | None,
+    q_lengths: Array | None,
+    kv_lengths: Array | None,
+    segments: tuple[Array, Array] | None,
+) -> Array | None:
+    """The boolean ``(batch or 1, heads or 1, q_len, kv_len)`` mask of all restrictions; None if none."""
+    t, s = q.shape[1], k.shape[1]
+    rows = jnp.arange(t)[:, None] + (s - t)  # the bottom-right alignment
+    cols = jnp.arange(s)[None, :]
+    parts = [] if mask is None else [jnp.asarray(mask)]
+    if causal:
+        parts.append(cols <= rows)
+    if window is not None:
+        parts.append((cols >= rows - window[0]) & (cols <= rows + window[1]))
+    if q_lengths is not None:
+        parts.append((jnp.arange(t) < q_lengths[:, None])[:, None, :, None])
+    if kv_lengths is not None:
+        parts.append((jnp.arange(s) < kv_lengths[:, None])[:, None, None, :])
+    if segments is not None:
+        parts.append((segments[0][:, :, None] == segments[1][:, None, :])[:, None])
+    if not parts:
+        return None
+    parts = [p.reshape((1,) * (4 - p.ndim) + p.shape) for p in parts]
+    return functools.reduce(jnp.logical_and, parts)
 
-    `jax.nn.dot_product_attention` picks XLA's own lowering unless asked for cuDNN. Only
-    unmasked or square-causal attention comes here: cuDNN's causal mask is aligned top-left,
-    which is funcgrad's bottom-right alignment only when the lengths are equal.
+
+def _cudnn(call: Callable[..., Array]) -> Array | None:
+    """cuDNN's flash attention on a GPU, where it takes these shapes and masks; None elsewhere.
+
+    ``call`` is `jax.nn.dot_product_attention` with its arguments, which picks XLA's own
+    lowering unless asked for cuDNN; cuDNN refuses (a ValueError before anything runs) what
+    it lacks: some shapes and dtypes, a window reaching right without ``is_causal``.
     """
     if jax.default_backend() != "gpu":
         return None
     try:
-        return jax.nn.dot_product_attention(
-            q, k, v, scale=scale, is_causal=causal, implementation="cudnn"
-        )
+        return call(implementation="cudnn")
     except (ValueError, NotImplementedError, RuntimeError):  # a shape or dtype cuDNN lacks
         return None
+
+
+def _concrete(a: Any) -> Any:
+    """``a`` as a NumPy array when its values are known (not traced under jit); else None."""
+    if isinstance(a, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(a)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_lengths(lengths: Any, shape: tuple[int, ...], name: str, where: str) -> Array | None:
+    """``lengths`` as an integer ``(batch,)`` array, each in ``0..length``, or a clear error.
+
+    ``shape`` is ``(batch, length)`` of the sequence they count; traced values are checked
+    for shape and dtype only.
+    """
+    if lengths is None:
+        return None
+    if not hasattr(lengths, "dtype"):
+        lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise DTypeError(f"{where}: {name} must be integers; got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (shape[0],):
+        raise ShapeError(
+            f"{where}: {name} must have shape (batch,) = ({shape[0]},); got {tuple(lengths.shape)}"
+        )
+    values = None if isinstance(lengths, jax.ShapeDtypeStruct) else _concrete(lengths)
+    if values is not None and values.size and not (0 <= values.min() and values.max() <= shape[1]):
+        raise ShapeError(
+            f"{where}: {name} must lie in 0..{shape[1]} (the sequence length); got "
+            f"{values.tolist()}"
+        )
+    return lengths
+
+
+def _check_segments(
+    segment_ids: Any, q_shape: tuple[int, ...], kv_len: int, where: str
+) -> tuple[Array, Array] | None:
+    """Segment ids as ``(query ids, key ids)``, checked against the lengths."""
+    if segment_ids is None:
+        return None
+    if isinstance(segment_ids, (tuple, list)):
+        if len(segment_ids) != 2:
+            raise InputTypeError(
+                f"{where}: segment_ids must be one (batch, length) array or a pair "
+                f"(q_segment_ids, kv_segment_ids); got a sequence of {len(segment_ids)}"
+            )
+        q_ids, kv_ids = segment_ids
+    elif q_shape[1] != kv_len:
+        raise ShapeError(
+            f"{where}: one segment_ids array serves self-attention (q_len == kv_len); q_len "
+            f"{q_shape[1]} and kv_len {kv_len} differ: pass (q_segment_ids, kv_segment_ids)"
+        )
+    else:
+        q_ids = kv_ids = segment_ids
+    q_ids = _check_segment_ids(q_ids, q_shape, where)
+    kv_ids = _check_segment_ids(kv_ids, (q_shape[0], kv_len), where)
+    return q_ids, kv_ids
+
+
+def _check_segment_ids(ids: Any, shape: tuple[int, ...], where: str) -> Array:
+    """``ids`` as an integer array of ``shape`` ``(batch, length)``, or a clear error."""
+    if not hasattr(ids, "shape"):
+        try:
+            ids = jnp.asarray(ids)
+        except (TypeError, ValueError) as e:
+            raise InputTypeError(
+                f"{where}: segment_ids must be an integer array; got {type(ids).__name__}"
+            ) from e
+    if tuple(ids.shape) != tuple(shape):
+        raise ShapeError(
+            f"{where}: segment_ids must be (batch, length) = {tuple(shape)}; got {tuple(ids.shape)}"
+        )
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise DTypeError(f"{where}: segment_ids must be integers; got dtype {ids.dtype}")
+    return jnp.asarray(ids)
+
+
+def _check_window(window: Any, where: str) -> tuple[int, int] | None:
+    """``window`` as ``(left, right)`` non-negative ints (None stays None), or a ConfigError."""
+    if window is None:
+        return None
+    ok = (
+        isinstance(window, (tuple, list))
+        and len(window) == 2
+        and all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in window)
+        and all(w >= 0 for w in window)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: window must be a pair (left, right) of non-negative ints; got {window!r}"
+        )
+    return int(window[0]), int(window[1])
 
 
 def _check(q: Array, k: Array, v: Array, mask: Any) -> None:
@@ -185,6 +356,15 @@ class MultiHeadAttention(ParamLayer):
     mask)`` with a boolean ``mask`` broadcastable to ``(batch, heads, q_len,
     kv_len)``, True where attention is allowed.
 
+    Padding, as for the recurrent layers: the input ``(x, lengths)``, ``lengths`` integer
+    ``(batch,)``, is self-attention over the first ``lengths[b]`` tokens of each row; it
+    gives ``(y, lengths)`` (so `serial` hands the lengths on) with padded positions 0.
+    Packed sequences: ``apply(..., segment_ids=ids)`` (``(batch, length)`` ints) keeps each
+    token's self-attention within its segment, and with ``rope`` its position restarts at
+    each segment (`segment_positions`). ``window=(left, right)`` is a sliding window
+    (see `attention`; with ``causal``, ``(w, 0)`` sees the ``w`` tokens before and itself,
+    also when decoding).
+
     Parameters: ``wq`` ``(d, heads, head_dim)``, ``wk``/``wv`` ``(d_context,
     kv_heads, head_dim)``, ``wo`` ``(heads, head_dim, out_features)`` and biases
     ``bq`` ``(heads, head_dim)``, ``bk``, ``bv`` ``(kv_heads, head_dim)``, ``bo``
@@ -212,6 +392,7 @@ class MultiHeadAttention(ParamLayer):
         pairs) with base ``rope_base``; positions count from 0 in ``x`` and in the context.
       rope_scaling: a `funcgrad.nn.RopeScaling` of the rotary frequencies (Llama 3.1's).
       fused: passed to `attention` (default: fused for half precision only).
+      window: ``(left, right)`` non-negative ints, passed to `attention`; None for none.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -236,6 +417,7 @@ class MultiHeadAttention(ParamLayer):
     rope_base: float = 10000.0
     fused: bool | None = None
     rope_scaling: RopeScaling | None = None
+    window: tuple[int, int] | None = None
     kind = "attention"
 
     def __post_init__(self) -> None:
@@ -245,6 +427,8 @@ class MultiHeadAttention(ParamLayer):
                 f"MultiHeadAttention: num_kv_heads={self.num_kv_heads} must be a positive "
                 f"divisor of num_heads={self.num_heads}"
             )
+        # A tuple of ints, so the layer stays hashable (a static argument of jit).
+        object.__setattr__(self, "window", _check_window(self.window, "MultiHeadAttention"))
 
     @property
     def kv_heads(self) -> int:
@@ -252,12 +436,20 @@ class MultiHeadAttention(ParamLayer):
 
     @staticmethod
     def _split(x: Any) -> tuple[Any, Any, Any]:
+        """``(queries' input, context, mask)``; a ``(x, lengths)`` input is self-attention."""
+        return MultiHeadAttention._parts(x)[:3]
+
+    @staticmethod
+    def _parts(x: Any) -> tuple[Any, Any, Any, Any]:
+        """``(queries' input, context, mask, lengths)`` of any input form."""
         if isinstance(x, (tuple, list)):
+            if len(x) == 2 and _is_lengths(x[1]):
+                return x[0], x[0], None, x[1]
             if len(x) == 2:
-                return x[0], x[1], None
+                return x[0], x[1], None, None
             if len(x) == 3:
-                return x[0], x[1], x[2]
-        return x, x, None
+                return x[0], x[1], x[2], None
+        return x, x, None, None
 
     def _head_dim(self, width: int, where: str) -> int:
         if width % self.num_heads:
@@ -272,7 +464,7 @@ class MultiHeadAttention(ParamLayer):
         return rotary(x, positions, base=self.rope_base, scaling=self.rope_scaling)
 
     def check_input(self, x: Any, path: Path) -> None:
-        q, kv, mask = self._split(x)
+        q, kv, mask, lengths = self._parts(x)
         where = f"MultiHeadAttention at {describe(path)}"
         for name, a in (("query input", q), ("context", kv)):
             require_float(a, path, "MultiHeadAttention")
@@ -296,6 +488,7 @@ class MultiHeadAttention(ParamLayer):
                     f"{where}: mask must be boolean and broadcast to {full}; got "
                     f"{mask.dtype}{tuple(mask.shape)}"
                 )
+        _check_lengths(lengths, q.shape[:2], "lengths", where)
 
     def param_specs(self, x: Any, path: Path) -> dict[str, ParamSpec]:
         q, kv, _ = self._split(x)
@@ -339,8 +532,18 @@ class MultiHeadAttention(ParamLayer):
 
     def forward_with_state(
         self, params: Params, state: State, x: Any, ctx: Context, path: Path
-    ) -> tuple[Array, State]:
-        q, kv, mask = self._split(x)
+    ) -> tuple[Any, State]:
+        q, kv, mask, lengths = self._parts(x)
+        where = f"MultiHeadAttention at {describe(path)}"
+        cross = isinstance(x, (tuple, list)) and lengths is None
+        segments = ctx.segment_ids
+        if segments is not None:
+            if cross:
+                raise ConfigError(
+                    f"{where}: segment_ids are for self-attention; cross-attention takes a "
+                    "boolean mask in its (x, context, mask) input instead"
+                )
+            segments = _check_segment_ids(segments, q.shape[:2], where)
         dtype = compute_dtype(self.dtype, q, kv, *params.values())
         p = {k: v.astype(dtype) for k, v in params.items()}
         q, kv = q.astype(dtype), kv.astype(dtype)
@@ -353,22 +556,41 @@ class MultiHeadAttention(ParamLayer):
         if ctx.position is None:
             if state:
                 raise ConfigError(
-                    f"MultiHeadAttention at {describe(path)}: its state holds a key/value cache "
-                    "(from init_cache); decode with apply(params, x, state=state, position=p)"
+                    f"{where}: its state holds a key/value cache (from init_cache); decode with "
+                    "apply(params, x, state=state, position=p)"
                 )
             if self.rope:
-                qh = self._rope(qh, jnp.arange(qh.shape[1]))
-                kh = self._rope(kh, jnp.arange(kh.shape[1]))
-            y = attention(qh, kh, vh, mask=mask, causal=self.causal, fused=self.fused)
+                # Positions restart where a packed segment starts; the context counts from 0.
+                positions = (
+                    jnp.arange(qh.shape[1]) if segments is None else segment_positions(segments)
+                )
+                qh = self._rope(qh, positions)
+                kh = self._rope(kh, jnp.arange(kh.shape[1]) if cross else positions)
+            y = attention(
+                qh, kh, vh, mask=mask, causal=self.causal, fused=self.fused, q_lengths=lengths,
+                kv_lengths=lengths, segment_ids=segments, window=self.window,
+            )  # fmt: skip
         else:
+            for name, given in (("segment_ids", segments), ("(x, lengths) input", lengths)):
+                if given is not None:
+                    raise ConfigError(
+                        f"{where}: decoding with a key/value cache (position=) takes no {name}; "
+                        "decode each sequence unpadded and unpacked"
+                    )
             y, state = self._decode(qh, kh, vh, x, state, ctx.position, path)
         y = jnp.einsum("bthk,hko->bto", y, p["wo"])
-        return (y + p["bo"] if "bo" in p else y), state
+        y = y + p["bo"] if "bo" in p else y
+        if lengths is None:
+            return y, state
+        # Padded positions give 0, as a recurrent layer's do (not the output bias).
+        live = jnp.arange(y.shape[1]) < lengths[:, None]
+        return (jnp.where(live[..., None], y, jnp.zeros((), y.dtype)), lengths), state
 
     def _decode(
         self, q: Array, k: Array, v: Array, x: Any, cache: State, position: Any, path: Path
     ) -> tuple[Array, State]:
-        """Write this step's keys and values at ``position`` and attend causally to the cache."""
+        """Write this step's keys and values at ``position`` and attend causally to the cache
+        (within the window, if the layer has one)."""
         where = f"MultiHeadAttention at {describe(path)}"
         if isinstance(x, (tuple, list)):
             raise ConfigError(f"{where}: cached decoding is for self-attention; got a tuple input")
@@ -393,9 +615,17 @@ class MultiHeadAttention(ParamLayer):
             n: jax.lax.dynamic_update_slice_in_dim(cache[n], a.astype(cache[n].dtype), position, 1)
             for n, a in (("k", k), ("v", v))
         }
-        allowed = jnp.arange(want[1]) <= positions[:, None]
+        slots = jnp.arange(want[1])
+        allowed = slots <= positions[:, None]
+        if self.window is not None:
+            allowed &= slots >= positions[:, None] - self.window[0]
         keys, values = new["k"].astype(q.dtype), new["v"].astype(q.dtype)
         return attention(q, keys, values, mask=allowed, fused=self.fused), new
+
+
+def _is_lengths(a: Any) -> bool:
+    """Whether the second of a pair input is integer lengths (not a float context)."""
+    return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.integer)
 
 
 def check_fits(max_length: int, position: Any, tokens: int, where: str) -> None:

@@ -48,11 +48,16 @@ class Remat(Wrapper):
     policy: Callable[..., Any] | None = None
 
     def _apply(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
-        def run(p: Params, s: State, v: Any, key: Array | None, position: Any) -> Any:
-            inner = dataclasses.replace(ctx, key=key, position=position)
+        # What may be traced arrays comes in as arguments, not closed over, so the checkpointed
+        # function sees it as its inputs (the key, the decoding position, the segment ids).
+        def run(
+            p: Params, s: State, v: Any, key: Array | None, position: Any, segment_ids: Any
+        ) -> Any:
+            inner = dataclasses.replace(ctx, key=key, position=position, segment_ids=segment_ids)
             return apply_child(self.layer, p, s, v, inner, path)
 
-        return jax.checkpoint(run, policy=self.policy)(params, state, x, ctx.key, ctx.position)
+        checkpointed = jax.checkpoint(run, policy=self.policy)
+        return checkpointed(params, state, x, ctx.key, ctx.position, ctx.segment_ids)
 
 
 def remat(layer: Layer, policy: Callable[..., Any] | None = None) -> Remat:
