@@ -12,7 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, ShapeError
-from funcgrad.primitives import linear_cross_entropy, stable
+from funcgrad.primitives import stable
+
+# The loss of a linear head by blocks of tokens: a primitive whose public function is the loss
+# itself (mean or sum over the counted tokens), so it is re-exported here as it is.
+from funcgrad.primitives.linear_cross_entropy import (
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+)
 
 Array = jax.Array
 Reduction = Literal["mean", "sum", "none"]
@@ -102,47 +108,6 @@ def softmax_cross_entropy(
         labels = labels * (1 - label_smoothing) + label_smoothing / k
     per_example = stable.softmax_cross_entropy(logits, labels)
     return _reduce(per_example, reduction, "softmax_cross_entropy")
-
-
-def linear_softmax_cross_entropy(
-    h: Array,
-    w: Array,
-    labels: Array,
-    *,
-    where: Array | None = None,
-    reduction: Literal["mean", "sum"] = "mean",
-    block_size: int = linear_cross_entropy.BLOCK_SIZE,
-) -> Array:
-    """``softmax_cross_entropy(h @ w, labels)`` that never holds the (tokens, vocabulary) logits.
-
-    The loss of a linear head (a language model's last layer) over a large vocabulary, worked
-    through ``block_size`` tokens at a time: only one block's logits are ever in memory, and
-    the gradients are made in the same pass (the primitive ``linear_softmax_cross_entropy``),
-    so the compiled value-and-grad needs a small fraction of the unblocked one's temporary
-    memory at about its time (see docs/primitives.md).
-
-    Args:
-      h: features ``(..., d)``, tokens leading (``(batch, time, d)`` is fine).
-      w: the head's weights ``(d, vocabulary)``.
-      labels: integer classes, shape ``h.shape[:-1]``.
-      where: boolean mask of ``labels``' shape: the tokens that count (padding is False).
-      reduction: ``"mean"`` over the counted tokens (default; 0 when none counts) or
-        ``"sum"``. There is no ``"none"``: per-token losses are not what this is for.
-      block_size: tokens per block; a block holds ``block_size × vocabulary`` logits.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from funcgrad import losses
-      >>> h = jax.random.normal(jax.random.key(0), (2, 5, 8))
-      >>> w = jax.random.normal(jax.random.key(1), (8, 50))
-      >>> labels = jnp.arange(10).reshape(2, 5)
-      >>> blocked = losses.linear_softmax_cross_entropy(h, w, labels, block_size=4)
-      >>> bool(jnp.allclose(blocked, losses.softmax_cross_entropy(h @ w, labels)))
-      True
-    """
-    return linear_cross_entropy.linear_softmax_cross_entropy(
-        h, w, labels, where=where, reduction=reduction, block_size=block_size
-    )
 
 
 def sigmoid_binary_cross_entropy(

@@ -54,8 +54,12 @@ def _linear_softmax_cross_entropy(
         dz = jnp.exp(z - lse) * wb[:, None]
         dz = dz.at[jnp.arange(yb.shape[0]), yb].add(-wb, unique_indices=True)
         # Contract over the shared axis as the arrays lie: no transposed copy of w or h.
-        dh = lax.dot_general(dz.astype(w.dtype), w, (((1,), (1,)), ((), ())), preferred_element_type=compute)
-        dw = dw + lax.dot_general(hb, dz.astype(h.dtype), (((0,), (0,)), ((), ())), preferred_element_type=compute)
+        dh = lax.dot_general(
+            dz.astype(w.dtype), w, (((1,), (1,)), ((), ())), preferred_element_type=compute
+        )
+        dw = dw + lax.dot_general(
+            hb, dz.astype(h.dtype), (((0,), (0,)), ((), ())), preferred_element_type=compute
+        )
         return dw, (loss, dh.astype(h.dtype))
 
     xs = (h.reshape(blocks, block, d), labels.reshape(blocks, block), weight.reshape(blocks, block))
@@ -87,22 +91,37 @@ def linear_softmax_cross_entropy(
     reduction: Reduction = "mean",
     block_size: int = BLOCK_SIZE,
 ) -> Array:
-    """``softmax_cross_entropy(h @ w, labels)`` over the counted tokens, one block of tokens at a time.
+    """``softmax_cross_entropy(h @ w, labels)`` that never holds the (tokens, vocabulary) logits.
+
+    The loss of a linear head (a language model's last layer) over a large vocabulary, worked
+    through ``block_size`` tokens at a time: only one block's logits are ever in memory, and
+    the gradients with respect to ``h`` and ``w`` are made in the same pass, while the block's
+    logits are at hand. The compiled value-and-grad needs a small fraction of the unblocked
+    one's temporary memory at about its time (docs/primitives.md); a call that is not
+    differentiated computes the loss alone. Also ``funcgrad.losses.linear_softmax_cross_entropy``.
 
     Args:
-      h: features ``(..., d)``, tokens leading.
-      w: the head ``(d, vocabulary)``.
-      labels: integer classes ``(...)``, ``h``'s shape without ``d``.
-      where: boolean ``(...)``: the tokens that count (default: all).
-      reduction: ``"mean"`` over the counted tokens (0 when none counts) or ``"sum"``.
-      block_size: tokens per block; memory holds ``block_size × vocabulary`` logits.
+      h: features ``(..., d)``, tokens leading (``(batch, time, d)`` is fine).
+      w: the head's weights ``(d, vocabulary)``.
+      labels: integer classes, shape ``h.shape[:-1]``.
+      where: boolean mask of ``labels``' shape: the tokens that count (padding is False).
+      reduction: ``"mean"`` over the counted tokens (default; 0 when none counts) or
+        ``"sum"``. There is no ``"none"``: per-token losses would need the whole logits.
+      block_size: tokens per block; a block holds ``block_size × vocabulary`` logits.
+
+    Returns:
+      A scalar in the inputs' dtype; logits and softmax are computed in float32 at least
+      (bfloat16 inputs), the gradients are returned in the inputs' dtypes.
 
     Example:
-      >>> import jax.numpy as jnp, funcgrad as fg
-      >>> from funcgrad.primitives.linear_cross_entropy import linear_softmax_cross_entropy
-      >>> h, w = jnp.ones((3, 2)), jnp.zeros((2, 4))
-      >>> round(float(linear_softmax_cross_entropy(h, w, jnp.array([0, 1, 3]))), 4)
-      1.3863
+      >>> import jax, jax.numpy as jnp
+      >>> from funcgrad import losses
+      >>> h = jax.random.normal(jax.random.key(0), (2, 5, 8))
+      >>> w = jax.random.normal(jax.random.key(1), (8, 50))
+      >>> labels = jnp.arange(10).reshape(2, 5)
+      >>> blocked = losses.linear_softmax_cross_entropy(h, w, labels, block_size=4)
+      >>> bool(jnp.allclose(blocked, losses.softmax_cross_entropy(h @ w, labels)))
+      True
     """
     h, w, labels = jnp.asarray(h), jnp.asarray(w), jnp.asarray(labels)
     float_input(NAME, h)
@@ -134,7 +153,9 @@ def linear_softmax_cross_entropy(
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ConfigError(f"{NAME}: block_size must be a positive integer; got {block_size!r}")
     if labels.size == 0:
-        raise ShapeError(f"{NAME}: there are no tokens (h has shape {h.shape}); the loss is undefined")
+        raise ShapeError(
+            f"{NAME}: there are no tokens (h has shape {h.shape}); the loss is undefined"
+        )
     d = h.shape[-1]
     return _linear_softmax_cross_entropy.bind(
         h.reshape(-1, d),
