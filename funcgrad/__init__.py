@@ -19,6 +19,7 @@ from funcgrad import (
 from funcgrad.primitives.registry import Primitive, primitive
 from funcgrad.primitives.stable import (
     clip_gradient,
+    linear_softmax_cross_entropy,
     log1mexp,
     log1pexp,
     log_sigmoid,
@@ -38,7 +39,8 @@ from funcgrad.primitives.stable import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Primitive", "clip_gradient", "errors", "export", "inspect", "interop", "log1mexp", "log1pexp", "log_sigmoid",
+    "Primitive", "clip_gradient", "errors", "export", "inspect", "interop",
+    "linear_softmax_cross_entropy", "log1mexp", "log1pexp", "log_sigmoid",
     "log_softmax", "logaddexp", "logsumexp", "losses", "models", "nn", "parallel", "primitive", "primitives",
     "safe_norm", "scale_gradient", "sigmoid", "sigmoid_binary_cross_entropy", "softmax",
     "softmax_cross_entropy", "straight_through", "testing", "train", "xlogy",

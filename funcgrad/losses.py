@@ -14,6 +14,12 @@ import jax.numpy as jnp
 from funcgrad.errors import ConfigError, ShapeError
 from funcgrad.primitives import stable
 
+# The loss of a linear head by blocks of tokens: a primitive whose public function is the loss
+# itself (mean or sum over the counted tokens), so it is re-exported here as it is.
+from funcgrad.primitives.linear_cross_entropy import (
+    linear_softmax_cross_entropy as linear_softmax_cross_entropy,
+)
+
 Array = jax.Array
 """The array type the losses take and return (`jax.Array`)."""
 Reduction = Literal["mean", "sum", "none"]

@@ -272,6 +272,7 @@ BUILT_IN_CALLS = {
     "safe_norm": ((_Z,), {}),
     "xlogy": ((_Z, jnp.abs(_Z)), {}),
     "softmax_cross_entropy": ((_Z, jnp.array([2, 0])), {}),
+    "linear_softmax_cross_entropy": ((_Z, _Z.T, jnp.array([1, 0])), {"block_size": 1}),
     "sigmoid_binary_cross_entropy": ((_Z, jnp.ones_like(_Z)), {}),
     "clip_gradient": ((_Z, -1.0, 1.0), {}),
     "scale_gradient": ((_Z, -1.0), {}),
