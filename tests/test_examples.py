@@ -14,9 +14,9 @@ from funcgrad.inspect.graph import dot_program
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(name: str, env: dict[str, str] | None = None) -> str:
+def run(name: str, *args: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -220,3 +220,11 @@ def test_export_digits_runs_the_exported_model_in_a_process_without_funcgrad(tmp
     assert "funcgrad imported: False" in out
     assert "bit for bit: True" in out
     assert (tmp_path / "digits_mlp" / "forward.jaxexport").is_file()
+
+
+def test_lora_llama_learns_and_transformers_reads_the_result_back():
+    out = run("lora_llama.py", "--steps", "60")
+    before, after = map(float, re.search(r"before ([\d.]+), after ([\d.]+)", out).groups())
+    assert after < before - 1.0  # from ln 256 = 5.5 nats per byte towards the text's statistics
+    assert "base weights unchanged: True" in out
+    assert float(re.search(r"max \|logit difference\| ([\d.e+-]+)", out).group(1)) < 1e-4

@@ -83,6 +83,20 @@ def test_the_logits_equal_transformers(checkpoints, name):
     close(logits, hf_logits(hf, IDS))
 
 
+@pytest.mark.parametrize("name", ["llama3_rope_biases", "gpt2"])
+def test_a_packed_row_gives_each_document_the_logits_it_gets_alone(checkpoints, name):
+    model, params = fg.interop.from_hf(checkpoints(name)[1])
+    first, second = IDS[0, :6], IDS[1, :4]
+    packed = jnp.asarray(np.concatenate([first, second]))[None]
+    segments = jnp.asarray([[0] * 6 + [1] * 4])
+    logits = model.apply(params, packed, segment_ids=segments)
+    alone = [model.apply(params, jnp.asarray(doc)[None])[0] for doc in (first, second)]
+    close(logits[0, :6], np.asarray(alone[0]), rtol=1e-5)
+    close(logits[0, 6:], np.asarray(alone[1]), rtol=1e-5)
+    unpacked = model.apply(params, packed)  # without segment ids the second document sees the first
+    assert not np.allclose(np.asarray(unpacked[0, 6:]), np.asarray(alone[1]), atol=1e-4)
+
+
 def test_the_sharded_checkpoint_has_an_index(checkpoints):
     index = json.loads((checkpoints("llama")[1] / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
