@@ -12,7 +12,7 @@ from funcgrad.train.checkpoint import (
     sharded_steps,
     steps,
 )
-from funcgrad.train.data import batches, num_examples
+from funcgrad.train.data import batches, num_examples, resume_by_skipping
 from funcgrad.train.history import History
 from funcgrad.train.hooks import (
     Checkpoint,
@@ -37,7 +37,7 @@ __all__ = [
     "Progress", "Run", "Step", "TensorBoard", "TrainState", "batches", "default_hooks", "fit",
     "global_norms", "load_params", "load_sharded_params", "make_multistep", "make_step",
     "make_update", "merge_trainable", "nan_guard", "nonfinite_step", "num_examples",
-    "per_example_grads", "restore",
+    "per_example_grads", "restore", "resume_by_skipping",
     "restore_sharded", "restore_state", "save", "save_sharded", "sharded_steps",
     "split_trainable", "steps",
 ]  # fmt: skip

@@ -23,7 +23,8 @@ class Run:
     ``stopped`` is why the run stopped early (None while it goes on); ``scores`` holds the
     last evaluation as ``(step, {name: value})``. ``batch_size``, ``has_state``, ``loss``
     (the loss function without a key, as `Evaluate` uses it) and ``plan`` (the mesh the run's
-    state is laid out on, or None) describe the run.
+    state is laid out on, or None) describe the run; ``data`` is the stream an iterable of
+    batches is drawn from (its position is what `Checkpoint` saves), None for in-memory arrays.
     A hook stops the run with `stop`.
     """
 
@@ -39,6 +40,7 @@ class Run:
     has_state: bool = False
     loss: Callable[..., Any] | None = None
     plan: Plan | None = None
+    data: Any = None  # fit's `train.data.Stream` when it streams from an iterable, else None
 
     def stop(self, reason: str) -> None:
         """End the run after this step, saying why."""

@@ -39,8 +39,10 @@ class Checkpoint(Hook):
     The arrays go to a checkpoint (`funcgrad.train.save`) as ``{"params", "opt_state",
     "model_state", "key"}`` (the optimizer's own state, as ``optimizer.init`` makes it), so
     `restore` with that ``like`` or `load_params` reads them; ``history_{step}.json`` holds
-    the rows logged on schedule and ``loop_{step}.json`` the running metric sums and the NaN
-    guard's record.
+    the rows logged on schedule, ``loop_{step}.json`` the running metric sums and the NaN
+    guard's record, and, when `fit` streams from an iterable, ``data_{step}.json`` the data's
+    position after the last batch a step consumed (the iterator's ``get_state()``, as grain's
+    report it, or just the count of batches), so that a resume continues from the same example.
     At the start, with ``resume``, continue from the newest intact checkpoint in
     ``directory`` (`restore_state`): the resumed run's parameters and history are the
     uninterrupted run's. The ``keep`` newest are kept.
@@ -73,6 +75,16 @@ class Checkpoint(Hook):
         history_file = self.directory / f"history_{step:09d}.json"
         if history_file.exists():
             run.history = History.from_json(history_file.read_text())
+        data_file = self.directory / f"data_{step:09d}.json"
+        saved = json.loads(data_file.read_text()) if data_file.exists() else None
+        if run.data is not None:
+            run.data.restore(saved, step, str(data_file))
+        elif saved is not None:
+            raise checkpoint.CheckpointError(
+                f"fit: the checkpoint at step {step} ({data_file}) holds the position of a data "
+                f"stream ({saved['iterator']}), but this fit is given in-memory arrays; pass "
+                "the same data as the run that wrote it"
+            )
         self.saved = step
 
     def _plan(self, run: Run) -> Plan | None:
@@ -107,6 +119,9 @@ class Checkpoint(Hook):
                 "first_bad": -1 if bad is None else int(bad),
             }
             write_atomic(self.directory / f"loop_{step:09d}.json", json.dumps(loop).encode())
+            if run.data is not None:
+                position = json.dumps(run.data.position()).encode()
+                write_atomic(self.directory / f"data_{step:09d}.json", position)
         tree = {
             "params": state.params,
             "opt_state": unwrap_guard(state.opt_state),
@@ -116,7 +131,7 @@ class Checkpoint(Hook):
         checkpoint.save(self.directory, step, tree, keep=self.keep, mesh=self._plan(run))
         kept = set(checkpoint.steps(self.directory))
         if writer:
-            for pattern in ("history_*.json", "loop_*.json"):
+            for pattern in ("history_*.json", "loop_*.json", "data_*.json"):
                 for old in self.directory.glob(pattern):
                     if int(old.stem.split("_")[1]) not in kept:
                         old.unlink(missing_ok=True)

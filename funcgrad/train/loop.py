@@ -18,10 +18,11 @@ import numpy as np
 import optax
 
 from funcgrad.data import num_examples, permutation
-from funcgrad.errors import ConfigError, InputTypeError
+from funcgrad.errors import ConfigError, InputTypeError, ShapeError
 from funcgrad.nn.checks import check_key, check_live
 from funcgrad.parallel.plan import Mesh, Plan, as_plan
 from funcgrad.train import state as states
+from funcgrad.train.data import Stream, is_stream
 from funcgrad.train.history import History
 from funcgrad.train.hooks import (
     Checkpoint,
@@ -150,7 +151,9 @@ def _calls(
         step += k
 
 
-def _process_rows(calls: Iterator[tuple[int, Any]], batch_size: int) -> Iterator[tuple[int, Any]]:
+def _process_rows(
+    calls: Iterator[tuple[int, Any, Any]], batch_size: int
+) -> Iterator[tuple[int, Any, Any]]:
     """This process's rows of every global batch (several processes: each keeps its slice)."""
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
@@ -161,14 +164,14 @@ def _process_rows(calls: Iterator[tuple[int, Any]], batch_size: int) -> Iterator
             f"fit: global batch size {batch_size} does not divide over {count} processes"
         )
     rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
-    for k, batch in calls:
+    for k, batch, position in calls:
         cut = (lambda a: a[rows]) if k == 1 else (lambda a: a[:, rows])
-        yield k, jax.tree.map(cut, batch)
+        yield k, jax.tree.map(cut, batch), position
 
 
-def _prefetched(stream: Iterator[tuple[int, Any]], depth: int) -> Iterator[Any]:
-    """Yield from ``stream`` while a background thread slices and copies the next ``depth``
-    batches to the device."""
+def _prefetched(stream: Iterator[tuple[int, Any, Any]], depth: int) -> Iterator[Any]:
+    """Yield from ``stream`` while a background thread slices (or draws) and copies the next
+    ``depth`` batches to the device; each keeps the data position that came with it."""
     queue: Queue[Any] = Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -184,8 +187,8 @@ def _prefetched(stream: Iterator[tuple[int, Any]], depth: int) -> Iterator[Any]:
 
     def produce() -> None:
         try:
-            for k, batch in stream:
-                if not put((k, jax.device_put(batch))):
+            for k, batch, position in stream:
+                if not put((k, jax.device_put(batch), position)):
                     return  # the consumer has gone: fit stopped early
         except BaseException as err:  # surfaced in the consumer
             put(err)
@@ -296,7 +299,7 @@ def fit(
     data: Any,
     *,
     key: jax.Array,
-    batch_size: int,
+    batch_size: int | None = None,
     steps: int | None = None,
     epochs: int | None = None,
     hooks: Sequence[Hook] | None = None,
@@ -331,10 +334,19 @@ def fit(
       optimizer: any optax ``GradientTransformation``.
       params: initial parameters (copied: yours stay valid). ``opt_state`` defaults to
         ``optimizer.init(params)``.
-      data: pytree of arrays (NumPy or JAX) with a leading example axis. Each epoch
-        visits every full batch once, in an order drawn from ``key``.
+      data: pytree of arrays (NumPy or JAX) with a leading example axis (a dict, list or
+        tuple is always one): each epoch visits every full batch once, in an order drawn
+        from ``key``. Or an iterable of batches (a generator, a grain dataset or
+        `DataLoader`; a list of batches as ``iter(batches)``), each a pytree of the first
+        one's structure, shapes and dtypes; running out before ``steps`` is an error, and an
+        epoch is one pass over ``iter(data)`` (which must restart it, and ``len(data)`` say
+        how many batches). `Checkpoint` saves its position where the iterator has
+        ``get_state``/``set_state`` (grain's have), so a resume continues from the same
+        example; a generator resumes through `resume_by_skipping`.
       key: the run's one seed (``jax.random.key``): data order and dropout keys derive from it.
-      batch_size, steps, epochs: give exactly one of ``steps`` and ``epochs``.
+      batch_size: examples per batch, for arrays; for an iterable, optional (taken from
+        the first batch; if given, it must match).
+      steps, epochs: give exactly one of ``steps`` and ``epochs``.
       hooks: what runs besides the steps (above).
       fused: run this many steps per compiled call (`make_multistep`); hook intervals
         are rounded up to multiples of it.
@@ -371,14 +383,28 @@ def fit(
       (3.0, 80)
     """
     check_key(key, "fit(key=)")
-    n = num_examples(data)
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-        raise ConfigError(
-            f"fit: batch_size must be in [1, {n}] (the data set size); got {batch_size!r}"
-        )
-    per_epoch = n // batch_size
     if (steps is None) == (epochs is None):
         raise ConfigError("fit: give exactly one of steps= and epochs=")
+    source = Stream(data, epochs=epochs is not None) if is_stream(data) else None
+    if source is not None:
+        per_epoch = source.per_epoch() if epochs is not None else steps or 1
+        sizes = {int(np.shape(a)[0]) if np.ndim(a) else 0 for a in jax.tree.leaves(source.first)}
+        if len(sizes) != 1 or batch_size not in (None, *sizes):
+            raise ShapeError(
+                f"fit: every leaf of a streamed batch needs the same leading (batch) axis"
+                f"{'' if batch_size is None else f' of batch_size={batch_size}'}; the first "
+                f"batch's leaves have sizes {sorted(sizes)}"
+            )
+        batch_size = sizes.pop()
+        first_batch = source.first
+    else:
+        n = num_examples(data)
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+            raise ConfigError(
+                f"fit: batch_size must be in [1, {n}] (the data set size); got {batch_size!r}"
+            )
+        per_epoch = n // batch_size
+        first_batch = jax.tree.map(lambda a: a[:batch_size], data)
     total = steps if steps is not None else int(epochs) * per_epoch  # type: ignore[arg-type]
     if not isinstance(fused, int) or fused < 1:
         raise ConfigError(f"fit: fused must be a positive int; got {fused!r}")
@@ -428,7 +454,6 @@ def fit(
             else opt_state,
         ),
     )
-    first_batch = jax.tree.map(lambda a: a[:batch_size], data)
     shapes = jax.eval_shape(
         lambda p, s, o, b: update(p, s, o, b, jax.random.key(0) if style else None)[3],
         params, model_state, opt_state, first_batch,
@@ -440,7 +465,7 @@ def fit(
     )  # fmt: skip
     run = Run(
         state=state, step=0, total=total, batch_size=batch_size, has_state=has_state,
-        loss=_loss_only(loss_fn, has_aux, has_state, style), plan=plan,
+        loss=_loss_only(loss_fn, has_aux, has_state, style), plan=plan, data=source,
     )  # fmt: skip
     bars: list[Progress] = [h for h in all_hooks if isinstance(h, Progress)]
     all_hooks = [*(h for h in all_hooks if not isinstance(h, Progress)), *bars]  # bar last
@@ -451,7 +476,12 @@ def fit(
     if plan is not None:
         run.state = place_state(plan, run.state, check_rules=True)
     data_key = jax.random.fold_in(key, 0)
-    stream = _calls(data_key, data, batch_size, run.step, total, fused)
+    if source is not None:
+        stream = source.calls(run.step, total, fused)
+    else:
+        stream = (
+            (k, b, None) for k, b in _calls(data_key, data, batch_size, run.step, total, fused)
+        )
     if plan is not None:
         stream = _process_rows(stream, batch_size)
     if prefetch:
@@ -461,9 +491,11 @@ def fit(
     first = True
     try:
         while run.step < total and run.stopped is None:
-            k, batch = next(stream)
+            k, batch, position = next(stream)
             run.state, _ = (multi if k > 1 else step)(run.state, batch)  # type: ignore[misc]
             run.step += k
+            if source is not None:
+                source.done(position)
             if first:
                 first = False
                 for bar in bars:
@@ -480,14 +512,14 @@ def fit(
         for hook in all_hooks:
             hook.close()
     if run.nonfinite:
-        _warn_nonfinite(run.step, data, data_key, batch_size)
+        _warn_nonfinite(run.step, None if source else data, data_key, batch_size)
     return FitResult(run.state, run.history, run.stopped)
 
 
 def _warn_nonfinite(bad: int, data: Any, data_key: jax.Array, batch_size: int) -> None:
     """Say, as a `RuntimeWarning`, at which step the loss went non-finite, and whether that
-    step's batch held non-finite inputs."""
-    _, batch = next(_calls(data_key, data, batch_size, bad, bad + 1, 1))
+    step's batch held non-finite inputs (``data`` None: streamed, not drawn again)."""
+    batch = None if data is None else next(_calls(data_key, data, batch_size, bad, bad + 1, 1))[1]
     floats = [
         np.asarray(a)
         for a in jax.tree.leaves(batch)
