@@ -101,6 +101,20 @@ def tiny_transformer(tmp_path_factory):
     return path, proc.stdout
 
 
+def test_char_grain_trains_from_files_on_disk_and_resumes_bitwise(tmp_path):
+    out = run(
+        "char_grain.py", "--dir", str(tmp_path), "--demo-resume", "--steps", "12", "--batch", "8",
+        "--width", "32", "--layers", "1", "--heads", "2", "--context", "32",
+    )  # fmt: skip
+    assert "stopped: interrupted at step 6" in out
+    final, first = map(
+        float, re.search(r"after 12 steps: ([\d.]+) \(first logged ([\d.]+)", out).groups()
+    )
+    assert final < first - 0.5  # from ln(256) = 5.5 down
+    assert "resumed run equals the unbroken run bitwise: True" in out
+    assert (tmp_path / "checkpoints" / "data_000000012.json").is_file()
+
+
 def samples_of(stdout):
     """The sampled texts (which may hold newlines), in order."""
     parts = re.split(r"--- sample \d ---\n", stdout)[1:]

@@ -37,7 +37,7 @@ __all__ = [
     "Progress", "Run", "Step", "TensorBoard", "TrainState", "batches", "default_hooks", "fit",
     "global_norms", "load_params", "load_sharded_params", "make_multistep", "make_step",
     "make_update", "merge_trainable", "nan_guard", "nonfinite_step", "num_examples",
-    "per_example_grads", "restore", "resume_by_skipping",
-    "restore_sharded", "restore_state", "save", "save_sharded", "sharded_steps",
+    "per_example_grads", "restore",
+    "restore_sharded", "restore_state", "resume_by_skipping", "save", "save_sharded", "sharded_steps",
     "split_trainable", "steps",
 ]  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -41,7 +42,12 @@ def is_stream(data: Any) -> bool:
         return False
     if not hasattr(type(data), "__iter__"):
         return False
-    leaves = jax.tree.leaves(data)
+    with warnings.catch_warnings():  # JAX warns that it treats an iterable as a leaf
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            leaves = jax.tree.leaves(data)
+        except Exception:  # a later JAX refuses iterable leaves: then surely not a pytree
+            return True
     return len(leaves) == 1 and leaves[0] is data
 
 
@@ -218,7 +224,7 @@ class Stream:
         if self.spec is None:
             self.spec = spec
         elif spec != self.spec:
-            kind = InputTypeError if spec[0] != self.spec[0] else ShapeError
+            kind: type[Exception] = InputTypeError if spec[0] != self.spec[0] else ShapeError
             if kind is ShapeError and [s for s, _ in spec[1]] == [s for s, _ in self.spec[1]]:
                 kind = DTypeError
             raise kind(
@@ -289,7 +295,8 @@ class Stream:
                 raise CheckpointError(
                     f"{here} holds the position of {saved['iterator']}"
                     f"{'' if 'state' in saved else ' (which cannot report one)'}, but this "
-                    f"fit's data iterator is a {_name(self.it)}: pass the same pipeline"
+                    f"fit's data iterator is a {_name(self.it)}: was it written by another pipeline? "
+                    "Pass the same one"
                 )
             it = iter(self.data) if self.reiterable else self.it
             state = _decode(saved["state"])
