@@ -96,8 +96,8 @@ def resume_by_skipping(iterable: Iterable[Any]) -> Skipping:
     restores its position itself, without this.
 
     Example:
-      >>> from funcgrad.train.data import resume_by_skipping
-      >>> it = resume_by_skipping(x * 10 for x in range(5))
+      >>> import funcgrad as fg
+      >>> it = fg.train.resume_by_skipping(x * 10 for x in range(5))
       >>> it.set_state({"batches": 2})
       >>> next(it), it.get_state()
       (20, {'batches': 3})
