@@ -193,6 +193,10 @@ class Stream:
                 batch = next(self.it)
                 break
             except StopIteration:
+                if self.drawn == 0:
+                    raise ConfigError(
+                        f"{self.where}: the data ({type(self.data).__name__}) yielded no batches"
+                    ) from None
                 if not self.epochs:
                     raise ConfigError(
                         f"{self.where}: the data ran out after {self.drawn} batches: {step} "

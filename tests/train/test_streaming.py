@@ -115,6 +115,8 @@ def test_a_batch_of_another_structure_names_the_step_and_both():
 def test_running_out_says_how_many_steps_ran():
     with pytest.raises(ConfigError, match=r"ran out after 3 batches: 3 steps ran of the 10"):
         run(generator(3), prefetch=2)
+    with pytest.raises(ConfigError, match=r"data \(generator\) yielded no batches"):
+        run(generator(0))
     with pytest.raises(ConfigError, match="epochs= with an iterator"):
         run(generator(), epochs=1, steps=None)
     with pytest.raises(ShapeError, match="batch_size=16"):
