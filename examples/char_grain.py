@@ -14,7 +14,7 @@ exact: it trains half the steps, stops, resumes in a fresh `fit` to `--steps`, t
 same run without a break in another folder and compares the parameters bitwise.
 
 Sizes and times (CPU, 2 cores): the default (--width 64 --layers 2 --context 64, 300 steps of
-32 windows) takes about a minute, the loss falling from ln(256) = 5.5 to about 2.5;
+32 windows) takes about half a minute, the loss falling from ln(256) = 5.5 to about 1.5;
 `--steps 20 --width 32 --layers 1 --heads 2 --context 32 --batch 8` (what the tests run) takes
 seconds.
 
