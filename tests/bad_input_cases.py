@@ -218,6 +218,40 @@ def _settings_cases() -> dict[str, Case]:
     }
 
 
+def _config_dir(config: dict[str, object]) -> str:
+    """A fresh directory holding only ``config.json``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    folder = tempfile.mkdtemp()
+    (Path(folder) / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _language_model_cases() -> dict[str, Case]:
+    q = jnp.ones((2, 3, 2, 4), F)
+    ids = jnp.ones((1, 2), jnp.int32)
+    params = {"dense_0": {"w": jnp.ones((4, 3), F), "b": jnp.ones(3, F)}}
+    state = lambda: fg.train.TrainState.create(params, optax.sgd(1.0), key=key())
+    frozen = lambda: fg.train.make_step(lambda p, b: jnp.sum(p["dense_0"]["w"]), optax.sgd(1.0), trainable=lambda path: False)  # fmt: skip
+    lm = {
+        "attention-lengths": (lambda: nn.attention(q, q, q, q_lengths=jnp.array([4, 1])), errors.ShapeError, ValueError, r"nn.attention: q_lengths must lie in 0..3"),
+        "attention-segment_ids": (lambda: nn.attention(q, q, q, segment_ids=jnp.zeros((2, 5), jnp.int32)), errors.ShapeError, ValueError, r"segment_ids must be \(batch, length\) = \(2, 3\); got \(2, 5\)"),
+        "attention-window": (lambda: nn.MultiHeadAttention(2, window=(1,)), errors.ConfigError, ValueError, "MultiHeadAttention: window must be a pair"),
+        "generate-top_p": (lambda: nn.generate(nn.serial(nn.Embedding(5, 4), nn.Dense(5)), None, ids, 2, key=key(), top_p=0.0), errors.ConfigError, ValueError, r"generate: top_p must be a number in \(0, 1\]"),
+        "lora_init-rank": (lambda: nn.lora_init(key(), params, rank=0), errors.ConfigError, ValueError, "lora_init: rank must be a positive integer"),
+        "lora_init-targets": (lambda: nn.lora_init(key(), params, rank=2, targets="*.nothing"), errors.ConfigError, ValueError, "no leaf of params matches targets"),
+        "linear_softmax_cross_entropy-shapes": (lambda: losses.linear_softmax_cross_entropy(jnp.ones((4, 3)), jnp.ones((2, 5)), jnp.zeros(4, jnp.int32)), errors.ShapeError, ValueError, r"got h of shape \(4, 3\) and w of shape \(2, 5\)"),
+        "make_step-trainable": (lambda: frozen()(state(), jnp.ones((4, 1))), errors.ConfigError, ValueError, "trainable= selects none of the 2 parameters"),
+        "make_step-microbatches": (lambda: fg.train.make_step(lambda p, b: p, optax.sgd(1.0), microbatches=0), errors.ConfigError, ValueError, "microbatches must be a positive int"),
+        "from_hf-model_type": (lambda: fg.interop.from_hf(_config_dir({"model_type": "bert"})), errors.UnknownNameError, KeyError, "model_type 'bert' is not supported; supported: gpt2, llama"),
+        "from_hf-missing": (lambda: fg.interop.from_hf(_config_dir({}) + "/nothing"), errors.MissingFileError, FileNotFoundError, "from_hf: no directory"),
+        "Profile-steps": (lambda: fg.train.Profile("unused", steps=(5, 5)), errors.ConfigError, ValueError, r"Profile: steps must be a pair of ints \(a, b\) with 0 <= a < b"),
+    }  # fmt: skip
+    return {f"language_models-{name}": Case(*case) for name, case in lm.items()}
+
+
 def _inspect_and_testing_cases() -> dict[str, Case]:
     from funcgrad import inspect
     from funcgrad.inspect.cli import load_target, parse_spec
@@ -306,5 +340,6 @@ def cases() -> dict[str, Case]:
         **_layer_cases(),
         **_function_cases(),
         **_settings_cases(),
+        **_language_model_cases(),
         **_inspect_and_testing_cases(),
     }
