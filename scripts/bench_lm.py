@@ -5,17 +5,21 @@ Training (one `models.Llama`, one batch, adam): the full fine-tune, the same wit
 loss (`Pretrained.hidden` and `Pretrained.head_weight` fed to
 `losses.linear_softmax_cross_entropy` instead of logits and `losses.softmax_cross_entropy`).
 Each is timed in interleaved rounds (see interleave.py), medians, ratios to the full fine-tune;
-its ``temp_bytes`` (and ``peak_bytes`` where the backend has one) come from `inspect.cost`.
+its ``temp_bytes`` and ``peak_bytes`` come from `inspect.cost` (XLA:CPU's peak counts the live
+arguments, not the temporaries: read ``temp_bytes`` there). All four must start from the same loss.
 
 Decoding: greedy ``nn.generate(..., temperature=0)`` against a hand-written pure-JAX loop for the
 same parameters (embedding, RMSNorm, RoPE, grouped-query attention over a key/value cache written
 with ``lax.dynamic_update_slice``, SwiGLU, final norm, head, argmax; prefill then a ``lax.scan``
 over the new tokens, all in one jit). A call is the prefill plus ``new`` tokens; tokens/s is
-``new`` over its time. Both must produce the same tokens, checked before timing.
+``new`` over its time; the prefill alone (``new=1``) is timed too. Both must produce the same
+tokens, checked before timing.
 
-Sizes: ``tiny`` (a test's), ``small`` (the default, for a 2-core CPU), ``gpu`` (for one GPU).
+Sizes: ``tiny`` (seconds of work), ``small`` (the default, a few minutes on a 2-core CPU),
+``gpu`` (a ~1B-parameter model for one 80 GB GPU; not yet measured).
 
-Usage: .venv/bin/python scripts/bench_lm.py [--size small] [--rounds 5] [--only train|decode]
+Usage: PYTHONPATH=. .venv/bin/python scripts/bench_lm.py [--size small] [--rounds 5]
+       [--only train|decode]
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab=512, d=64, inter=128, layers=2, heads=4, kv=2, batch=4, length=32,
                  contexts=(32, 64), new=8, steps=1),
     "small": dict(vocab=8192, d=256, inter=704, layers=4, heads=8, kv=4, batch=8, length=128,
-                  contexts=(128, 512), new=32, steps=2),
+                  contexts=(128, 512), new=32, steps=1),
     "gpu": dict(vocab=32000, d=2048, inter=5632, layers=16, heads=32, kv=8, batch=8,
                 length=1024, contexts=(512, 2048), new=128, steps=5),
 }  # fmt: skip
