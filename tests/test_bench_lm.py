@@ -10,7 +10,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))  # bench_lm and its interleave.py
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.append(str(SCRIPTS))  # bench_lm and its interleave.py
 bench_lm = importlib.import_module("bench_lm")
 
 MICRO = dict(vocab=64, d=32, inter=48, layers=2, heads=4, kv=2, batch=4, length=8,
