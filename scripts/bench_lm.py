@@ -264,7 +264,7 @@ def bench_decode(size: dict[str, Any], rounds: int) -> list[dict[str, Any]]:
 
 
 def mb(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 2**20:.1f} MB"
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def table(size_name: str, size: dict[str, Any], rounds: int, train: Any, decode: Any) -> str:
@@ -282,7 +282,7 @@ def table(size_name: str, size: dict[str, Any], rounds: int, train: Any, decode:
         lines += [
             f"Training step, batch {size['batch']} x {size['length']} tokens, adam:",
             "",
-            "| variant | tokens/s | vs full | temp bytes | peak bytes |",
+            "| variant | tokens/s | vs full | temp_bytes | peak_bytes |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         lines += [
