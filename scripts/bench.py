@@ -234,19 +234,50 @@ def funcgrad_step(w: dict[str, Any], repeat: bool = False) -> Runner:
     return JaxRunner(call, (params, opt.init(params)), (x, y))
 
 
-def funcgrad_fused(w: dict[str, Any]) -> Runner:
+class StateRunner(Runner):
+    """`make_multistep` on a `TrainState` (donated, as `fit(fused=)` runs it): k steps a call."""
+
+    def __init__(self, multi: Any, params: Any, opt: Any, block: Any, k: int) -> None:
+        self.multi, self.block_, self.per_call = multi, block, k
+        self.state = fg.train.TrainState.create(params, opt, key=jax.random.key(0))
+
+    def step(self) -> None:
+        self.state, self.metrics = self.multi(self.state, self.block_)
+
+    def block(self) -> None:
+        jax.block_until_ready((self.state.params, self.metrics))
+
+
+def fused_setup(w: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     x, y = map(jnp.asarray, data(w))
     model = funcgrad_model(w)
     params = model.init(jax.random.key(0), x)
-    opt = optax.adam(LR)
-    multi = fg.train.make_multistep(funcgrad_loss(w, model), opt, FUSED_K)
     block = (jnp.broadcast_to(x, (FUSED_K, *x.shape)), jnp.broadcast_to(y, (FUSED_K, *y.shape)))
+    return funcgrad_loss(w, model), params, optax.adam(LR), block
 
+
+def funcgrad_fused(w: dict[str, Any]) -> Runner:
+    loss, params, opt, block = fused_setup(w)
+    multi = fg.train.make_multistep(loss, opt, FUSED_K)
+    return StateRunner(multi, params, opt, block, FUSED_K)
+
+
+def raw_scan(w: dict[str, Any]) -> Runner:
+    """The bar for `make_multistep`: a hand-written `jax.lax.scan` over `make_update`, donated."""
+    loss, params, opt, block = fused_setup(w)
+    update = fg.train.make_update(loss, opt)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def call(p: Any, o: Any, xb: Any, yb: Any) -> Any:
-        p, o, metrics = multi(p, o, (xb, yb))
-        return p, o, metrics["loss"]
+        def body(carry: Any, batch: Any) -> Any:
+            p, o = carry
+            p, _, o, metrics = update(p, {}, o, batch, None)
+            return (p, o), metrics["loss"]
 
-    return JaxRunner(call, (params, opt.init(params)), block, per_call=FUSED_K)
+        (p, o), losses = jax.lax.scan(body, (p, o), (xb, yb))
+        return p, o, losses
+
+    return JaxRunner(call, (jax.tree.map(jnp.copy, params), opt.init(params)), block, FUSED_K)
 
 
 # -- Flax Linen, Haiku (functional: the same jitted step as pure JAX) -------------------------
@@ -518,6 +549,7 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], Runner]] = {
     "pure JAX": pure_jax,
     "funcgrad make_step": funcgrad_step,
     "funcgrad fused": funcgrad_fused,
+    "raw scan over make_update": raw_scan,
     "funcgrad repeat": lambda w: funcgrad_step(w, repeat=True),
     "Flax NNX (nnx.jit)": lambda w: NNXRunner(w, cached=False),
     "Flax NNX (cached_partial)": lambda w: NNXRunner(w, cached=True),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from funcgrad.errors import ConfigError, ParamsError, ShapeError
@@ -87,11 +88,135 @@ class Repeat(Layer):
             y, s = apply_child(self.layer, p, s, carry, dataclasses.replace(ctx, key=key), path)
             return y, s
 
+        if ctx.position is not None and jax.tree.leaves(state):
+            return self._decode(params, state, x, ctx, path)
         with loop_body():
             y, new_state = jax.lax.scan(
                 body, x, (jnp.arange(self.n), params, state), unroll=self.unroll
             )
         return y, new_state
+
+    def _decode(self, params: Params, state: State, x: Any, ctx: Context, path: Path) -> Any:
+        """Decoding: each copy's writes to its slice of the stacked state (a key/value cache)
+        land in place in the stacked arrays (see `_in_place`), so no token copies a cache.
+
+        A step over one position, where reading the weights is the work, runs the copies
+        unrolled, each one's parameter slice behind `jax.lax.optimization_barrier`: XLA then
+        slices the weights once outside a surrounding token loop instead of copying them out
+        of the stack at every token. Longer inputs (a prompt's prefill) keep the scan.
+        """
+        leaves, tree = jax.tree.flatten(state)
+        slices = [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in leaves]
+
+        def body(carry: tuple[Any, list[Array]], xs: tuple[Any, Params]) -> Any:
+            y, stacked = carry
+            i, p = xs
+            key = None if ctx.key is None else jax.random.fold_in(ctx.key, i)
+            y_tree: list[Any] = []
+
+            def one(p: Params, s: list[Array], y: Any) -> list[Any]:
+                y, new = apply_child(
+                    self.layer, p, jax.tree.unflatten(tree, s), y,
+                    dataclasses.replace(ctx, key=key), path,
+                )  # fmt: skip
+                y_leaves, y_def = jax.tree.flatten(y)
+                y_tree.append(y_def)
+                return y_leaves + tree.flatten_up_to(new)  # type: ignore[attr-defined]
+
+            outs = _in_place(jax.make_jaxpr(one)(p, slices, y), stacked, i, p, y)
+            y = jax.tree.unflatten(y_tree[0], outs[: len(outs) - len(stacked)])
+            return (y, outs[len(outs) - len(stacked) :]), None
+
+        carry = (x, leaves)
+        if all(jnp.ndim(a) >= 2 and jnp.shape(a)[1] == 1 for a in jax.tree.leaves(x)):
+            for i in range(self.n):
+                p = jax.lax.optimization_barrier(jax.tree.map(lambda a, i=i: a[i], params))
+                carry, _ = body(carry, (i, p))
+        else:
+            with loop_body():
+                carry, _ = jax.lax.scan(
+                    body, carry, (jnp.arange(self.n), params), unroll=self.unroll
+                )
+        return carry[0], jax.tree.unflatten(tree, carry[1])
+
+
+_DUS = jax.lax.dynamic_update_slice_p
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+    """Slice ``index`` of the stacked array ``stacked`` (leaf ``leaf`` of the state), not yet read."""
+
+    stacked: Array
+    index: Array
+    leaf: int
+
+
+def _in_place(closed: Any, stacked: list[Array], i: Any, params: Params, x: Any) -> list[Any]:
+    """Evaluate ``closed`` (one copy's step, ``(params, state slices, x) -> (y, new state)``) on
+    slice ``i`` of the ``stacked`` state, writing into the stacked arrays where it writes its slices.
+
+    A `jax.lax.dynamic_update_slice` of a state slice becomes one of the stacked array (at
+    ``(i, ...)``), and later reads of that slice read it back from there: XLA updates the
+    scan's carried buffer in place, as it updates a serial model's own cache, instead of
+    copying slice ``i`` out, changing it and copying it back (every layer, every token).
+    Any other new state is written back whole. The values are exactly those of ``closed``.
+    """
+    jaxpr = closed.jaxpr
+    env: dict[Any, Any] = {}
+    read_slices: dict[int, Array] = {}
+
+    def read(v: Any) -> Any:
+        if isinstance(v, jax.extend.core.Literal):
+            return v.val
+        value = env[v]
+        if isinstance(value, _Slice):
+            if id(value) not in read_slices:
+                read_slices[id(value)] = jax.lax.dynamic_index_in_dim(
+                    value.stacked, value.index, keepdims=False
+                )
+            return read_slices[id(value)]
+        return value
+
+    args = jax.tree.leaves(params)
+    n_params = len(args)
+    invars = jaxpr.invars
+    for v, a in zip(jaxpr.constvars, closed.consts, strict=True):
+        env[v] = a
+    for v, a in zip(invars[:n_params], args, strict=True):
+        env[v] = a
+    for leaf, (v, a) in enumerate(
+        zip(invars[n_params : n_params + len(stacked)], stacked, strict=True)
+    ):
+        env[v] = _Slice(a, i, leaf)
+    for v, a in zip(invars[n_params + len(stacked) :], jax.tree.leaves(x), strict=True):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        target = env.get(eqn.invars[0]) if eqn.primitive is _DUS else None
+        if isinstance(target, _Slice):
+            update, *starts = (read(v) for v in eqn.invars[1:])
+            starts = [jnp.asarray(s, jnp.int32) for s in starts]
+            written = jax.lax.dynamic_update_slice(
+                target.stacked, update[None], [jnp.asarray(i, jnp.int32), *starts]
+            )
+            env[eqn.outvars[0]] = _Slice(written, i, target.leaf)
+            continue
+        with eqn.ctx.manager:
+            ans = eqn.primitive.bind(
+                *(read(v) for v in eqn.invars), **eqn.primitive.get_bind_params(eqn.params)
+            )
+        for v, a in zip(eqn.outvars, ans if eqn.primitive.multiple_results else [ans], strict=True):
+            env[v] = a
+    n_state = len(stacked)
+    outs = list(jaxpr.outvars)
+    result = [read(v) for v in outs[: len(outs) - n_state]]
+    for leaf, v in enumerate(outs[len(outs) - n_state :]):
+        value = None if isinstance(v, jax.extend.core.Literal) else env[v]
+        if isinstance(value, _Slice) and value.leaf == leaf:
+            result.append(value.stacked)
+        else:
+            result.append(jax.lax.dynamic_update_index_in_dim(stacked[leaf], read(v), i, 0))
+    return result
 
 
 def repeat(
@@ -115,6 +240,11 @@ def repeat(
     time for speed where a backend runs loops slowly (XLA:GPU); the parameter tree is the
     same at any unroll, so checkpoints and optimizer state carry over. See
     docs/performance.md for when to choose `serial`, ``repeat`` or ``repeat(unroll=)``.
+
+    Decoding (``apply(params, x, state=caches, position=p)``) writes each copy's cache
+    slice in place in the stacked caches, and a one-position step runs the copies unrolled
+    so a token loop reads the weights where they lie: as fast as the same blocks in a
+    `serial`, with the same caches (a prompt's prefill stays scanned).
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable
@@ -568,7 +569,6 @@ def make_multistep(
         trainable=trainable, microbatches=microbatches, what="make_multistep",
     )  # fmt: skip
     watch = _ShapeWatch("make_multistep")
-    on_state = _state_update(update, style is not None)
 
     def check(batches: Any) -> None:
         watch(batches)
@@ -579,9 +579,40 @@ def make_multistep(
             )
 
     def state_steps(state: TrainState, batches: Any) -> tuple[TrainState, Metrics]:
+        # The loop carries only what the steps change; the keys come from the step index and
+        # the running sums, count and step counter are added once after it: a raw scan's body.
         check(batches)
+
+        def body(carry: Any, xs: Any) -> tuple[Any, Any]:
+            params, model_state, opt_state = carry
+            j, batch = xs
+            key = None
+            if style is not None:
+                key = dataclasses.replace(state, step=state.step + j).step_key()
+            params, model_state, opt_state, metrics = update(
+                params, model_state, opt_state, batch, key
+            )
+            bad = nonfinite_step(opt_state)
+            take = jnp.asarray(True) if bad is None else bad < 0
+            return (params, model_state, opt_state), (metrics, take)
+
         with loop_body():
-            return jax.lax.scan(on_state, state, batches)
+            (params, model_state, opt_state), (metrics, take) = jax.lax.scan(
+                body,
+                (state.params, state.model_state, state.opt_state),
+                (jnp.arange(k, dtype=jnp.asarray(state.step).dtype), batches),
+            )
+        kept = {
+            n: jnp.sum(jnp.where(take.reshape(-1, *[1] * (jnp.ndim(v) - 1)), v, 0), axis=0)
+            for n, v in metrics.items()
+            if n in state.sums
+        }
+        sums = accumulate(state.sums, kept, jnp.sum(take, dtype=jnp.int32))
+        new = dataclasses.replace(
+            state, params=params, model_state=model_state, opt_state=opt_state,
+            step=state.step + k, sums=sums,
+        )  # fmt: skip
+        return new, metrics
 
     def run(params: Any, model_state: Any, opt_state: Any, batches: Any, keys: Any) -> Any:
         check(batches)
