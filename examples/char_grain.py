@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from char_transformer import transformer  # the model of examples/char_transformer.py
 
 import funcgrad as fg
-from funcgrad import losses, nn
+from funcgrad import losses
 
 MODULES = [argparse, textwrap, json.decoder, json.encoder, inspect, tempfile]
 
@@ -72,20 +73,6 @@ def pipeline(paths: list[Path], context: int, batch: int) -> grain.IterDataset:
     return dataset.to_iter_dataset()
 
 
-def transformer(width: int, layers: int, heads: int) -> nn.Layer:
-    """examples/char_transformer.py's model over the 256 byte values."""
-    block = nn.serial(
-        nn.residual(
-            nn.LayerNorm(),
-            nn.MultiHeadAttention(heads, num_kv_heads=max(1, heads // 2), causal=True, rope=True),
-        ),
-        nn.residual(nn.LayerNorm(), nn.Dense(4 * width), nn.gelu, nn.Dense(width)),
-    )
-    return nn.serial(
-        nn.Embedding(256, width), nn.repeat(block, layers), nn.LayerNorm(), nn.Dense(256)
-    )
-
-
 class StopAt(fg.train.Hook):
     """Stop the run after ``every`` steps, as an interruption would (the checkpoint saves it)."""
 
@@ -97,7 +84,7 @@ class StopAt(fg.train.Hook):
 
 
 def train(args: argparse.Namespace, paths: list[Path], checkpoints: Path, stop: int = 0):
-    model = transformer(args.width, args.layers, args.heads)
+    model = transformer(256, args.width, args.layers, args.heads)  # over the 256 byte values
     params = model.init(jax.random.key(0), jnp.zeros((1, args.context), jnp.int32))
 
     def loss_fn(params, batch):
