@@ -47,9 +47,10 @@ def test_cached_logits_equal_the_full_forward(model_params):
 
 
 def greedy_by_recompute(model, params, prompt, n):
+    apply = jax.jit(model.apply)  # one compile a length; op by op, every op recompiled for each
     tokens = prompt
     for _ in range(n):
-        nxt = jnp.argmax(model.apply(params, tokens)[:, -1], axis=-1)
+        nxt = jnp.argmax(apply(params, tokens)[:, -1], axis=-1)
         tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
     return tokens
 
