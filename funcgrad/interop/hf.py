@@ -18,6 +18,7 @@ import safetensors
 import safetensors.numpy
 
 from funcgrad.errors import ConfigError, MissingFileError, ParamsError, ShapeError, UnknownNameError
+from funcgrad.interop.safetensors_file import open_safetensors, read_tensor
 from funcgrad.io import write_atomic, write_atomic_with
 from funcgrad.models import GPT2, GPT2Config, Llama, LlamaConfig
 from funcgrad.models.base import Pretrained
@@ -178,12 +179,7 @@ def _tensors(directory: Path) -> Iterator[dict[str, tuple[Any, Path]]]:
         found: dict[str, tuple[Any, Path]] = {}
         for name in files:
             path = directory / name
-            try:
-                file = stack.enter_context(safetensors.safe_open(path, framework="numpy"))
-            except Exception as err:  # safetensors raises its own SafetensorError
-                raise ParamsError(
-                    f"from_hf: {path} is not a complete safetensors file: {err}"
-                ) from None
+            file = stack.enter_context(open_safetensors(path, "from_hf"))
             found |= {k: (file, path) for k in file.keys()}
         yield found
 
@@ -239,7 +235,7 @@ def from_hf(path: str | os.PathLike[str], *, dtype: Any = None) -> tuple[Pretrai
                     f"from_hf: '{name}' in {where.name} has shape {got}; the config needs {shape}"
                 )
             used.add(name)
-            return np.asarray(file.get_tensor(name))
+            return read_tensor(file, name, where)
 
         for e in entries:
             want = expected[e.ours]

@@ -86,17 +86,17 @@ def load_safetensors(path: str | os.PathLike[str], like: Any = None) -> Any:
       dtype(bfloat16)
     """
     where = f"load_safetensors({os.fspath(path)!r})"
-    with _open(path) as file:
+    with open_safetensors(path) as file:
         entries = {k: file.get_slice(k) for k in file.offset_keys()}
         if like is None:
             # jax.device_put copies once; jnp.asarray of a large array copies twice.
-            flat = {k: jax.device_put(_tensor(file, k, path)) for k in sorted(entries)}
+            flat = {k: jax.device_put(read_tensor(file, k, path)) for k in sorted(entries)}
             return unflatten(flat, where)
         want = flatten(like, "load_safetensors(like=...)")
         _check_like({k: (tuple(e.get_shape()), e.get_dtype()) for k, e in entries.items()}, want, where)  # fmt: skip
 
         def place(key_path: Any, leaf: Any) -> Any:
-            value = _tensor(file, dotted(key_path), path)
+            value = read_tensor(file, dotted(key_path), path)
             sharding = getattr(leaf, "sharding", None)
             return (
                 jax.device_put(value, sharding) if sharding is not None else jax.device_put(value)
@@ -106,14 +106,26 @@ def load_safetensors(path: str | os.PathLike[str], like: Any = None) -> Any:
 
 
 @contextmanager
-def _open(path: str | os.PathLike[str]) -> Iterator[Any]:
+def open_safetensors(
+    path: str | os.PathLike[str], where: str = "load_safetensors"
+) -> Iterator[Any]:
+    """One safetensors file, memory-mapped for NumPy reads, closed on exit; a missing or
+    damaged file is an error naming ``where`` (the caller) and the file.
+
+    Example:
+      >>> import tempfile, os, jax.numpy as jnp
+      >>> path = save_safetensors(os.path.join(tempfile.mkdtemp(), "w.safetensors"), {"w": jnp.ones(2)})
+      >>> with open_safetensors(path) as f:
+      ...     read_tensor(f, "w", path).tolist()
+      [1.0, 1.0]
+    """
     if not Path(path).is_file():
-        raise MissingFileError(f"load_safetensors: no file at {os.fspath(path)}")
+        raise MissingFileError(f"{where}: no file at {os.fspath(path)}")
     try:
         file = safetensors.safe_open(path, framework="numpy")
     except Exception as err:  # safetensors raises its own SafetensorError
         raise ParamsError(
-            f"load_safetensors: {os.fspath(path)} ({Path(path).stat().st_size} bytes) is not a "
+            f"{where}: {os.fspath(path)} ({Path(path).stat().st_size} bytes) is not a "
             f"complete safetensors file: {err}. Was it truncated, or written by something else?"
         ) from None
     with file:
@@ -135,7 +147,9 @@ def code_of(dtype: Any) -> str:
         return name
 
 
-def _tensor(file: Any, key: str, path: str | os.PathLike[str]) -> np.ndarray:
+def read_tensor(file: Any, key: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """Tensor ``key`` of ``file`` (from `open_safetensors`) as a NumPy array, float8 and
+    bfloat16 included (through ml_dtypes where safetensors' NumPy reader lacks them)."""
     try:
         return np.asarray(file.get_tensor(key))
     except Exception:  # safetensors' NumPy reader lacks float8 (and bfloat16 before 0.5 or so)
