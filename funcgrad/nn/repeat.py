@@ -243,8 +243,10 @@ def repeat(
 
     Decoding (``apply(params, x, state=caches, position=p)``) writes each copy's cache
     slice in place in the stacked caches, and a one-position step runs the copies unrolled
-    so a token loop reads the weights where they lie: as fast as the same blocks in a
-    `serial`, with the same caches (a prompt's prefill stays scanned).
+    so a token loop reads the weights where they lie (a prompt's prefill stays scanned). On
+    XLA:CPU that decodes at 0.65-0.85x the tokens/s of the same blocks in a `serial`, whose
+    caches are separate buffers (docs/performance.md says why); prefer `serial` where
+    decoding speed on CPU matters more than compile time.
 
     Example:
       >>> import jax, jax.numpy as jnp
