@@ -34,7 +34,7 @@ def _flat_out(f: Callable[..., Any]) -> Callable[..., Any]:
 def _describe(tree: Any, name: str) -> Callable[[int], str]:
     """Name element ``k`` of ``ravel_pytree(tree)`` as ``name[path][index]``."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    offsets = np.cumsum([0] + [int(np.size(leaf)) for _, leaf in leaves])
+    offsets = np.cumsum([0] + [int(np.prod(np.shape(leaf))) for _, leaf in leaves])
 
     def where(k: int) -> str:
         i = int(np.searchsorted(offsets, k, side="right")) - 1
@@ -166,7 +166,7 @@ def check_grads(
 
             _check_one(
                 _flat_out(fi), arg, order, tuple(modes), eps or 1e-6, rtol or 1e-5, rng,
-                f"argument {i}", _describe(fi(arg), "output"),
+                f"argument {i}", _describe(jax.eval_shape(fi, arg), "output"),
             )  # fmt: skip
 
 

@@ -211,7 +211,10 @@ def log_softmax(x: Array, axis: Axis = -1, *, where: Array | None = None) -> Arr
 def _safe_norm(x: Array, *, axis: Axis, keepdims: bool) -> Array:
     """Euclidean norm without overflow or underflow; gradient 0 at 0."""
     scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-    scale = lax.stop_gradient(jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1))
+    # A subnormal scale counts as 0: XLA:CPU flushes subnormals in compiled code, so dividing by
+    # one gives 0/0 under jit (the norm of a subnormal vector is then 0, as it is eagerly).
+    tiny = jnp.finfo(scale.dtype).tiny
+    scale = lax.stop_gradient(jnp.where((scale >= tiny) & jnp.isfinite(scale), scale, 1))
     out = scale * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axis, keepdims=True))
     return out if keepdims else jnp.squeeze(out, axis=axes(axis, x.ndim))
 
