@@ -110,11 +110,17 @@ def init32(name):
         return layer.init(KEY, x.astype(np.float32))
 
 
+def widened(tree):
+    """The leaves of ``tree`` as float64 JAX arrays, widened by NumPy and moved by device_put
+    (``jnp.asarray`` compiles a conversion for each leaf shape)."""
+    with jax.enable_x64(True):
+        return jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float64)), tree)
+
+
 @functools.cache
 def init64(name):
-    """Float64 parameters, for the x64 tests: `init32`'s, widened."""
-    assert jax.enable_x64.value
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), init32(name))
+    """Float64 parameters: `init32`'s, widened."""
+    return widened(init32(name))
 
 
 @BY_CASE
@@ -142,14 +148,14 @@ def test_init_is_deterministic_and_needs_no_data(name):
 
 @BY_CASE
 def test_gradients_match_finite_differences(name):
-    layer, x, _ = CASES[name]
+    _, x, _ = CASES[name]
     weights = normal(*jitted_apply(name)(init32(name), x).shape)
-    # The float32 parameters, widened to float64 (as check_grads would, but by NumPy: JAX
-    # compiles a conversion per leaf shape).
-    params = jax.tree.map(lambda p: np.asarray(p, np.float64), init32(name))
-    # Jitted: check_grads runs the function once as it is, besides its compiled checks.
-    loss = jax.jit(lambda p, v: jnp.sum(weights * layer.apply(p, v)))
-    fg.testing.check_grads(loss, (params, x))
+    # Through the jitted apply: check_grads runs the function once as it is (in float64),
+    # besides its compiled checks, and test_jit_equals_eager then finds that apply compiled.
+    apply = jitted_apply(name)
+    # The float32 parameters and the input, widened to float64 as check_grads would.
+    args = (init64(name), widened(x))
+    fg.testing.check_grads(lambda p, v: jnp.sum(weights * apply(p, v)), args)
 
 
 @pytest.mark.x64
