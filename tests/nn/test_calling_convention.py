@@ -90,6 +90,14 @@ def shapes(tree):
     return jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), tree)
 
 
+def run(call, *args):
+    """What ``call(*args)`` returns, as `jax.eval_shape` sees it (``args`` may be shapes alone):
+    the same tree (a y alone, or a ``(y, state)`` pair) with each array's shape and dtype. The
+    calling convention is all in that tree; running the layers eagerly would compile each of
+    their primitives for each shape (about half of this file's time; the rest is init)."""
+    return jax.eval_shape(call, *args)
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     layer, x, modes = CASES[request.param]
@@ -101,26 +109,26 @@ def test_plain_apply_returns_y_alone(case):
     layer, x, _, params, state = case
     if state:  # batch norm needs its statistics: only the state= form applies
         return
-    y = layer.apply(params, x)
-    y_state, new = layer.apply(params, x, state=state)
+    y = run(lambda: layer.apply(params, x))
+    y_state, new = run(lambda: layer.apply(params, x, state=state))
     assert shapes(y) == shapes(y_state) and new == {}
 
 
 def test_apply_with_state_returns_y_and_a_state_shaped_like_it(case):
     layer, x, _, params, state = case
-    out = layer.apply(params, x, state=state)
+    out = run(lambda: layer.apply(params, x, state=state))
     assert isinstance(out, tuple) and len(out) == 2
     y, new = out
     assert shapes(new) == shapes(state)
-    assert shapes(y) == shapes(layer.apply(params, x, state=state, train=False)[0])
+    assert shapes(y) == shapes(run(lambda: layer.apply(params, x, state=state, train=False))[0])
 
 
 def test_training_with_a_key_keeps_the_convention(case):
     layer, x, _, params, state = case
-    y, new = layer.apply(params, x, key=KEY, state=state)
+    y, new = run(lambda: layer.apply(params, x, key=KEY, state=state))
     assert shapes(new) == shapes(state)
     if not state:
-        assert shapes(layer.apply(params, x, key=KEY)) == shapes(y)
+        assert shapes(run(lambda: layer.apply(params, x, key=KEY))) == shapes(y)
 
 
 def test_decoding_with_a_cache_state_returns_y_and_the_new_state(case):
@@ -129,10 +137,10 @@ def test_decoding_with_a_cache_state_returns_y_and_the_new_state(case):
         return
     decoding = layer.init_cache(2, 8, params=params, state=state)
     assert decoding != state
-    y, new = layer.apply(params, x, state=decoding, position=0)
+    y, new = run(lambda: layer.apply(params, x, state=decoding, position=0))
     assert shapes(new) == shapes(decoding)
-    assert shapes(y) == shapes(layer.apply(params, x, state=state)[0])
-    y1, _ = layer.apply(params, x[:, :1], state=new, position=4)
+    assert shapes(y) == shapes(run(lambda: layer.apply(params, x, state=state))[0])
+    y1, _ = run(lambda new: layer.apply(params, x[:, :1], state=new, position=4), new)
     assert y1.shape[:2] == (2, 1)
 
 
@@ -141,7 +149,7 @@ def test_running_with_a_carry_returns_y_and_the_final_carry_in_the_state(case):
     if "carry" not in modes:
         return
     running = layer.init_carry(2, state=state)
-    y, new = layer.apply(params, x, state=running)
+    y, new = run(lambda: layer.apply(params, x, state=running))
     assert shapes(new) == shapes(running)
-    assert shapes(y) == shapes(layer.apply(params, x, state=state)[0])
+    assert shapes(y) == shapes(run(lambda: layer.apply(params, x, state=state))[0])
     assert any("carry" in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(new))

@@ -1,5 +1,7 @@
 """Every layer honours the Layer contract: shapes, deterministic init, gradients, jit, vmap, dtypes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,9 +14,9 @@ KEY = jax.random.key(0)
 
 
 def normal(*shape):
-    # NumPy float64 (drawn in 64-bit mode): float64 in the x64 tests, float32 in the others.
-    with jax.enable_x64(True):
-        return np.asarray(jax.random.normal(jax.random.key(sum(shape)), shape, jnp.float64))
+    # NumPy float64: float64 in the x64 tests, float32 in the others. Drawn by NumPy: JAX's
+    # sampler compiled once per shape, 11 s of CPU to import this module.
+    return np.random.default_rng(sum(shape)).standard_normal(shape)
 
 
 # name -> (layer, example input, expected output shape)
@@ -87,18 +89,47 @@ CASES = {
 NAMES = sorted(CASES)
 
 
-def init64(layer, x):
-    params = layer.init(KEY, x)
-    return jax.tree.map(lambda p: p.astype(jnp.float64), params)
+# Every test of one case runs before the next case's (the module-scoped parametrization), and
+# the tests share, per case, one draw of the parameters and one jitted ``apply`` (compiled once
+# per input signature and mode): eager ``apply`` compiles every primitive on its own, and the
+# parameters are drawn by a compiled program per case, which the 39 cases, one test after
+# another, would evict from the library's 32-entry cache.
+BY_CASE = pytest.mark.parametrize("name", NAMES, scope="module")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@functools.cache
+def jitted_apply(name):
+    return jax.jit(CASES[name][0].apply)
+
+
+@functools.cache
+def init32(name):
+    """``layer.init(KEY, x)`` in 32-bit mode: float32 parameters."""
+    layer, x, _ = CASES[name]
+    with jax.enable_x64(False):
+        return layer.init(KEY, x.astype(np.float32))
+
+
+def widened(tree):
+    """The leaves of ``tree`` as float64 JAX arrays, widened by NumPy and moved by device_put
+    (``jnp.asarray`` compiles a conversion for each leaf shape)."""
+    with jax.enable_x64(True):
+        return jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float64)), tree)
+
+
+@functools.cache
+def init64(name):
+    """Float64 parameters: `init32`'s, widened."""
+    return widened(init32(name))
+
+
+@BY_CASE
 def test_output_shape(name):
-    layer, x, shape = CASES[name]
-    assert layer.apply(init64(layer, x), x).shape == shape
+    _, x, shape = CASES[name]
+    assert jitted_apply(name)(init32(name), x).shape == shape
 
 
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_init_is_deterministic_and_needs_no_data(name):
     layer, x, _ = CASES[name]
     a = layer.init(KEY, x)
@@ -110,66 +141,76 @@ def test_init_is_deterministic_and_needs_no_data(name):
     random_leaves = [
         (u, v)
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
-        if jnp.std(u) > 0
+        if np.std(np.asarray(u)) > 0  # NumPy's: jnp.std compiles per shape
     ]
     assert all(not np.array_equal(u, v) for u, v in random_leaves)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_gradients_match_finite_differences(name):
-    layer, x, _ = CASES[name]
-    params = init64(layer, x)
-    weights = normal(*layer.apply(params, x).shape)
-    fg.testing.check_grads(lambda p, v: jnp.sum(weights * layer.apply(p, v)), (params, x))
+    _, x, _ = CASES[name]
+    weights = normal(*jitted_apply(name)(init32(name), x).shape)
+    # Through the jitted apply: check_grads runs the function once as it is (in float64),
+    # besides its compiled checks, and test_jit_equals_eager then finds that apply compiled.
+    apply = jitted_apply(name)
+    # The float32 parameters and the input, widened to float64 as check_grads would.
+    args = (init64(name), widened(x))
+    fg.testing.check_grads(lambda p, v: jnp.sum(weights * apply(p, v)), args)
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_jit_equals_eager(name):
     layer, x, _ = CASES[name]
-    params = init64(layer, x)
+    params = init64(name)
     np.testing.assert_allclose(
-        jax.jit(layer.apply)(params, x), layer.apply(params, x), rtol=1e-12, atol=1e-12
+        jitted_apply(name)(params, x), layer.apply(params, x), rtol=1e-12, atol=1e-12
     )
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_vmap_equals_a_loop(name):
+    # Both sides compiled (jit equal to eager is the test above): the vmapped apply in one
+    # program, the loop's single examples by the jitted apply of test_jit_equals_eager.
     layer, x, _ = CASES[name]
-    params = init64(layer, x)
-    stacked = jnp.stack([x, 2 * x, -x])
-    mapped = jax.vmap(lambda v: layer.apply(params, v))(stacked)
+    params = init64(name)
+    stacked = np.stack([x, 2 * x, -x])
+    mapped = np.asarray(jax.jit(jax.vmap(layer.apply, in_axes=(None, 0)))(params, stacked))
     for i in range(3):
         np.testing.assert_allclose(
-            mapped[i], layer.apply(params, stacked[i]), rtol=1e-12, atol=1e-12
+            mapped[i], jitted_apply(name)(params, stacked[i]), rtol=1e-12, atol=1e-12
         )
 
 
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_float32_input_gives_float32_output(name):
     layer, x, _ = CASES[name]
     x32 = x.astype(jnp.float32)
     params = layer.init(KEY, x32)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    assert layer.apply(params, x32).dtype == jnp.float32
+    assert jitted_apply(name)(params, x32).dtype == jnp.float32
 
 
 @pytest.mark.parametrize("name", ["dense", "conv2d_strided", "attention", "layer_norm", "scale"])
 def test_bfloat16_compute_with_float32_params(name):
     layer, x, _ = CASES[name]
     layer = type(layer)(**{**layer.__dict__, "dtype": jnp.bfloat16})
-    params = layer.init(KEY, x.astype(jnp.float32))
-    y = layer.apply(params, x.astype(jnp.float32))
+    x32 = x.astype(jnp.float32)
+    params = layer.init(KEY, x32)
+
+    @jax.jit  # one program for the output and the gradients, not op by op
+    def output_and_grads(p):
+        loss = lambda q: jnp.sum(layer.apply(q, x32).astype(jnp.float32))
+        return layer.apply(p, x32), jax.grad(loss)(p)
+
+    y, grads = output_and_grads(params)
     assert y.dtype == jnp.bfloat16
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x.astype(jnp.float32)).astype(jnp.float32)))(
-        params
-    )
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@BY_CASE
 def test_mixed_precision_wraps_every_layer(name):
     # Whatever the layer (a residual, a shared layer, a norm, a repeat), the bf16 policy inits
     # with float32 parameters and returns float32 close to the float32 layer's result.
@@ -177,12 +218,12 @@ def test_mixed_precision_wraps_every_layer(name):
     x32 = x.astype(jnp.float32)
     model = nn.mixed_precision(layer)
     params = model.init(KEY, x32)
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, layer.init(KEY, x32))
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, init32(name))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    y = model.apply(params, x32)
+    y = jax.jit(model.apply)(params, x32)
     assert y.dtype == jnp.float32
-    reference = layer.apply(params, x32)
-    scale = float(jnp.max(jnp.abs(reference))) + 1.0
+    reference = jitted_apply(name)(params, x32)
+    scale = float(np.max(np.abs(reference))) + 1.0
     np.testing.assert_allclose(y, reference, rtol=0.05, atol=0.05 * scale)  # bf16: ~3 digits
 
 
