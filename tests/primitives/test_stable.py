@@ -302,17 +302,18 @@ def test_cross_entropy_gradient_on_short_and_long_rows(classes):
     Integer labels take optax's one-pass form, exact to an absolute ε per class; one-hot
     targets keep the mass off the maximum apart, so a dominant class's loss keeps its digits."""
 
+    logits = jax.random.normal(jax.random.key(0), (4, classes), jnp.float64) * 3
+    labels = jnp.array([0, classes - 1, 3, 7])
+
     @jax.jit  # one compiled program per row length (op by op, every primitive compiles apart)
-    def run(key):
-        logits = jax.random.normal(key, (4, classes), jnp.float64) * 3
-        labels = jnp.array([0, classes - 1, 3, 7])
+    def run(logits, labels):
         grad = jax.grad(lambda z: jnp.sum(fg.softmax_cross_entropy(z, labels)))(logits)
         dominant = jnp.zeros((1, classes), jnp.float64).at[0, 5].set(40.0)
         g = jax.grad(lambda z: fg.softmax_cross_entropy(z, jnp.array([5]))[0])(dominant)
         onehot = jax.nn.one_hot(jnp.array([5]), classes, dtype=jnp.float64)
-        return logits, labels, grad, g, fg.softmax_cross_entropy(dominant, onehot)[0]
+        return grad, g, fg.softmax_cross_entropy(dominant, onehot)[0]
 
-    logits, labels, grad, g, loss = run(jax.random.key(0))
+    grad, g, loss = run(logits, labels)
     # The reference in a program of its own, so that XLA cannot share its softmax with the
     # gradient's.
     expected = jax.jit(lambda z, y: jax.nn.softmax(z) - jax.nn.one_hot(y, classes, dtype=z.dtype))
