@@ -53,14 +53,31 @@ UNARY = {
 }
 
 
+# Compiling is most of these tests' time, and op by op every primitive compiles on its own: the
+# derivatives below are jitted, once per function, shape and dtype, and reused across draws. The
+# eager value stays eager: jit is checked against it.
+_DERIVATIVES = {}
+
+
+def derivatives(fn):
+    """(reverse-mode gradient of sum(fn), forward-mode tangent along ones), jitted."""
+    if fn not in _DERIVATIVES:
+        _DERIVATIVES[fn] = (
+            jax.jit(jax.grad(lambda v: jnp.sum(fn(v)))),
+            jax.jit(lambda v: jax.jvp(fn, (v,), (jnp.ones_like(v),))[1]),
+        )
+    return _DERIVATIVES[fn]
+
+
 def check_unary(fn, x):
     x = jnp.asarray(x)
     value = fn(x)
     assert value.dtype == x.dtype
     assert bool(jnp.all(jnp.isfinite(value))), (x, value)
-    grad = jax.grad(lambda v: jnp.sum(fn(v)))(x)
+    grad_fn, tangent_fn = derivatives(fn)
+    grad = grad_fn(x)
     assert bool(jnp.all(jnp.isfinite(grad))), (x, grad)
-    tangent = jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+    tangent = tangent_fn(x)
     np.testing.assert_array_equal(tangent, grad)  # elementwise: forward and reverse agree exactly
     # XLA's fused kernels may round a transcendental differently from op-by-op execution
     # (hypothesis found 1 ulp in float32 for log1mexp): jit equals eager to a few ulp.
@@ -78,15 +95,21 @@ def test_log1mexp_is_finite_on_its_domain(x):
     check_unary(fg.log1mexp, x)
 
 
+# Jitted once per shape and dtype (op by op, every primitive compiles on its own); the swapped
+# call runs the same program on swapped inputs.
+_logaddexp = jax.jit(fg.logaddexp)
+_logaddexp_gradients = jax.jit(jax.grad(lambda u, v: fg.logaddexp(u, v).sum(), argnums=(0, 1)))
+
+
 @given(vectors(), vectors())
 def test_logaddexp_is_symmetric_finite_and_bounded(a, b):
     n = min(len(a), len(b))
     a, b = jnp.asarray(a[:n]), jnp.asarray(b[:n]).astype(a.dtype)
-    out = fg.logaddexp(a, b)
+    out = _logaddexp(a, b)
     assert bool(jnp.all(jnp.isfinite(out)))
-    np.testing.assert_array_equal(out, fg.logaddexp(b, a))
+    np.testing.assert_array_equal(out, _logaddexp(b, a))
     assert bool(jnp.all(out >= jnp.maximum(a, b)))
-    ga, gb = jax.grad(lambda u, v: fg.logaddexp(u, v).sum(), argnums=(0, 1))(a, b)
+    ga, gb = _logaddexp_gradients(a, b)
     np.testing.assert_allclose(ga + gb, 1.0, rtol=4 * np.finfo(a.dtype).eps)
 
 
@@ -99,25 +122,42 @@ def logits_and_labels(draw):
     return jnp.asarray(logits), jnp.asarray(labels)
 
 
+@jax.jit
+def _cross_entropy_and_gradient(logits, labels):
+    loss, grad = jax.value_and_grad(losses.softmax_cross_entropy)(logits, labels)
+    return loss, grad, grad.sum(-1)
+
+
+@jax.jit  # a program of its own, so that XLA cannot share work with the integer-label form
+def _cross_entropy_of_one_hot(logits, labels):
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return losses.softmax_cross_entropy(logits, onehot)
+
+
 @given(logits_and_labels())
 def test_cross_entropy_is_finite_nonnegative_and_a_proper_gradient(data):
     logits, labels = data
-    loss, grad = jax.value_and_grad(losses.softmax_cross_entropy)(logits, labels)
+    # Jitted, once per shape bucket and dtype: op by op, every primitive compiles on its own.
+    loss, grad, row_sums = _cross_entropy_and_gradient(logits, labels)
     assert bool(jnp.isfinite(loss)) and float(loss) >= 0
     assert bool(jnp.all(jnp.isfinite(grad)))
     # Each row's gradient is (p − onehot)/batch: it sums to 0 and lies in [−1, 1]/batch.
-    np.testing.assert_allclose(grad.sum(-1), 0, atol=8 * np.finfo(logits.dtype).eps)
-    assert bool(jnp.all(jnp.abs(grad) <= 1.0 / len(labels) + 1e-6))
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    np.testing.assert_allclose(row_sums, 0, atol=8 * np.finfo(logits.dtype).eps)
+    assert bool(np.all(np.abs(np.asarray(grad)) <= 1.0 / len(labels) + 1e-6))
     np.testing.assert_allclose(
-        losses.softmax_cross_entropy(logits, onehot), loss, rtol=1e-5, atol=1e-6
+        _cross_entropy_of_one_hot(logits, labels), loss, rtol=1e-5, atol=1e-6
     )
+
+
+@jax.jit  # once per shape bucket and dtype: op by op, every primitive compiles on its own
+def _row_totals(logits):
+    return jnp.sum(jnp.exp(fg.log_softmax(logits)), axis=-1)
 
 
 @given(logits_and_labels())
 def test_log_softmax_rows_normalise(data):
     logits, _ = data
-    total = jnp.sum(jnp.exp(fg.log_softmax(logits)), axis=-1)
+    total = _row_totals(logits)
     np.testing.assert_allclose(total, 1.0, rtol=8 * np.finfo(logits.dtype).eps * logits.shape[-1])
 
 
@@ -137,10 +177,31 @@ LAYER_FAMILIES = {
 }
 
 
+_BUILT = {}
+
+
+def built(family, out):
+    """The layer and its jitted programs, built once per family and width and reused across
+    draws: a new layer object would trace and compile its programs afresh."""
+    if (family, out) not in _BUILT:
+        layer = LAYER_FAMILIES[family](out)
+        _BUILT[family, out] = (layer, *vmap_and_gradient(layer))
+    return _BUILT[family, out]
+
+
+def vmap_and_gradient(layer):
+    """Jitted: rows of x mapped one by one through ``layer``, and the gradient of
+    sum(tanh(layer(x))) with respect to the parameters (op by op, every primitive of the forward
+    and backward passes would compile on its own)."""
+    rows = jax.jit(lambda p, x: jax.vmap(lambda row: layer.apply(p, row[None])[0])(x))
+    grads = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x)))))
+    return rows, grads
+
+
 @given(dense_cases(), st.sampled_from(sorted(LAYER_FAMILIES)))
 def test_layers_jit_vmap_dtype_and_finite_gradients(case, family):
     x, out = case
-    layer = LAYER_FAMILIES[family](x.shape[-1] if family == "residual" else out)
+    layer, mapped_rows, gradient = built(family, x.shape[-1] if family == "residual" else out)
     params = jax.tree.map(lambda p: p.astype(x.dtype), layer.init(jax.random.key(0), x))
     y = layer.apply(params, x)
     assert y.dtype == x.dtype and y.shape[0] == x.shape[0]
@@ -149,9 +210,8 @@ def test_layers_jit_vmap_dtype_and_finite_gradients(case, family):
     scale = max(1.0, float(jnp.max(jnp.abs(x))))
     tol = tolerance(x.dtype, scale=scale / np.sqrt(1e-5) if family == "layer_norm_dense" else scale)
     np.testing.assert_allclose(jax.jit(layer.apply)(params, x), y, **tol)
-    rows = jax.vmap(lambda row: layer.apply(params, row[None])[0])(x)
-    np.testing.assert_allclose(rows, y, **tol)
-    grads = jax.grad(lambda p: jnp.sum(jnp.tanh(layer.apply(p, x))))(params)
+    np.testing.assert_allclose(mapped_rows(params, x), y, **tol)
+    grads = gradient(params, x)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
@@ -197,6 +257,8 @@ EVERY_LAYER = {
 def test_every_layer_under_jit_vmap_and_grad(name, batch, dtype, seed, scale):
     make, shape = EVERY_LAYER[name]
     layer = make()
+    # The eager apply is what jit is checked against; vmap and grad run jitted, in one program
+    # (op by op, every primitive of the batched and backward passes compiles on its own).
     x = (jax.random.normal(jax.random.key(seed), (batch, *shape)) * scale).astype(dtype)
     params = jax.tree.map(lambda p: p.astype(dtype), layer.init(jax.random.key(seed), x))
     y = layer.apply(params, x)
@@ -209,61 +271,84 @@ def test_every_layer_under_jit_vmap_and_grad(name, batch, dtype, seed, scale):
         else {"rtol": 1e-11, "atol": 1e-13 * scale}
     )
     np.testing.assert_allclose(jax.jit(layer.apply)(params, x), y, **tol)
+
+    @jax.jit
+    def mapped_and_gradients(p, v):
+        mapped = jax.vmap(lambda u: layer.apply(p, u))(jnp.stack([v, -v]))
+        grads = jax.grad(lambda p, v: jnp.sum(jnp.where(jnp.isfinite(layer.apply(p, v)), layer.apply(p, v), 0)),
+                         argnums=(0, 1))(p, v)  # fmt: skip
+        return mapped, grads
+
+    mapped, grads = mapped_and_gradients(params, x)
     if name != "Dropout":  # dropout's mask depends on the key, not on vmap
-        mapped = jax.vmap(lambda v: layer.apply(params, v))(jnp.stack([x, -x]))
         np.testing.assert_allclose(mapped[1], layer.apply(params, -x), **tol)
-    grads = jax.grad(lambda p, v: jnp.sum(jnp.where(jnp.isfinite(layer.apply(p, v)), layer.apply(p, v), 0)),
-                     argnums=(0, 1))(params, x)  # fmt: skip
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads)), name
+
+
+@jax.jit
+def _every_loss(y, t, p, labels):
+    """Every loss of the draw, in one program compiled once per dtype and batch size: op by op,
+    every primitive of every loss would compile on its own. The draw is made outside it: XLA:CPU
+    fuses the sampling into its users and may round the recomputed samples differently, so at
+    scale 1e30 a log-softmax would see exp(y − max y) of a y above its own max (inf)."""
+    values = {
+        "mse": losses.mse(y, t),
+        "squared_error": losses.squared_error(y, t),
+        "huber": losses.huber(y, t),
+        "softmax_cross_entropy": losses.softmax_cross_entropy(y, labels),
+        "soft targets": losses.softmax_cross_entropy(y, jax.nn.softmax(t)),
+        "smoothed": losses.softmax_cross_entropy(y, labels, label_smoothing=0.1),
+        "sigmoid_bce": losses.sigmoid_binary_cross_entropy(y, p),
+        "nll": losses.nll(fg.log_softmax(y), labels),
+    }
+    per = losses.squared_error(y, t, reduction="none")
+    summed = losses.squared_error(y, t, reduction="sum")
+    return values, per, summed, losses.l2_penalty({"a": y}, 2.0)
 
 
 @given(
     DTYPES, st.sampled_from([1, 4]), st.sampled_from([1e-30, 1.0, 1e4, 1e30]), st.integers(0, 2**16)
 )
 def test_every_loss_is_finite_and_reductions_agree(dtype, batch, scale, seed):
+    big = float(np.finfo(dtype).max) ** 0.5 / 4  # squares of larger values overflow, as they should
+    finite_squares = scale < big
     keys = jax.random.split(jax.random.key(seed), 3)
     y = (jax.random.normal(keys[0], (batch, 3)) * scale).astype(dtype)
     t = (jax.random.normal(keys[1], (batch, 3)) * scale).astype(dtype)
     p = jax.random.uniform(keys[2], (batch, 3), dtype)
     labels = jnp.arange(batch) % 3
-    big = float(np.finfo(dtype).max) ** 0.5 / 4  # squares of larger values overflow, as they should
-    finite_squares = scale < big
-    for name, loss in {
-        "mse": lambda: losses.mse(y, t),
-        "squared_error": lambda: losses.squared_error(y, t),
-        "huber": lambda: losses.huber(y, t),
-        "softmax_cross_entropy": lambda: losses.softmax_cross_entropy(y, labels),
-        "soft targets": lambda: losses.softmax_cross_entropy(y, jax.nn.softmax(t)),
-        "smoothed": lambda: losses.softmax_cross_entropy(y, labels, label_smoothing=0.1),
-        "sigmoid_bce": lambda: losses.sigmoid_binary_cross_entropy(y, p),
-        "nll": lambda: losses.nll(fg.log_softmax(y), labels),
-    }.items():
+    values, per, summed, penalty = _every_loss(y, t, p, labels)
+    for name, value in values.items():
         if name in ("mse", "squared_error") and not finite_squares:
             continue
-        value = loss()
         assert bool(jnp.isfinite(value)), (name, value)
-    per = losses.squared_error(y, t, reduction="none")
     if finite_squares:
-        np.testing.assert_allclose(
-            losses.squared_error(y, t, reduction="sum"), per.sum(), rtol=1e-5
-        )
-    assert float(losses.l2_penalty({"a": y}, 2.0)) >= 0
+        # per.sum() outside the program, so that XLA cannot share it with reduction="sum"'s
+        np.testing.assert_allclose(summed, per.sum(), rtol=1e-5)
+    assert float(penalty) >= 0
+
+
+@jax.jit  # once per length and dtype: op by op, every primitive compiles on its own
+def _gradient_and_its_norm(x):
+    grad = jax.grad(fg.safe_norm)(x)
+    return grad, jnp.linalg.norm(grad)
 
 
 @given(vectors(low=-1e18, high=1e18, lengths=st.integers(1, 6)))
 @example(np.array([2.22507386e-309]))  # a subnormal, found by the search: XLA:CPU flushes it to 0
 def test_safe_norm_bounds_and_gradient(x):
     x = jnp.asarray(x)
+    # The value stays eager: jitted, XLA:CPU gives NaN for a lone subnormal (0/0 once flushed).
     norm = fg.safe_norm(x)
     largest = jnp.max(jnp.abs(x))
+    grad, grad_norm = _gradient_and_its_norm(x)
     assert bool(jnp.isfinite(norm))
     # XLA:CPU flushes subnormals to zero (hypothesis found safe_norm(2.2e-309) = 0 in float64),
     # so the lower bound holds up to the smallest normal number.
     tiny = float(np.finfo(x.dtype).tiny)
     assert float(largest) * (1 - 1e-6) - tiny <= float(norm)
     assert float(norm) <= float(largest) * np.sqrt(len(x)) * (1 + 1e-6) + tiny
-    grad = jax.grad(fg.safe_norm)(x)
-    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.linalg.norm(grad)) <= 1 + 1e-5
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(grad_norm) <= 1 + 1e-5
 
 
 @given(vectors(low=0.0, high=1e30), vectors(low=0.0, high=1e30))

@@ -95,6 +95,11 @@ def close(got, ref, dtype, what, kappa=1.0):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_value_and_gradient_at_the_extremes(name, dtype):
     fn, ref_value, ref_grad, domain = CASES[name]
+    # Value, reverse- and forward-mode derivative in one compiled program, compiled once for the
+    # whole grid (op by op, every primitive of all three compiled separately).
+    evaluate = jax.jit(
+        lambda x: (fn(x), jax.grad(fn)(x), jax.jvp(fn, (x,), (jnp.ones_like(x),))[1])
+    )
     for x0 in GRID:
         x = jnp.asarray(x0, dtype)
         if not np.isfinite(float(x)) and name in ("xlogy_with_2.5",):
@@ -102,15 +107,26 @@ def test_value_and_gradient_at_the_extremes(name, dtype):
         if domain is not None and not domain(float(x)):
             continue
         mx = mpmath.mpf(float(x)) if np.isfinite(float(x)) else mpmath.inf * np.sign(float(x))
-        value = fn(x)
+        value, grad, tangent = evaluate(x)
         assert value.dtype == dtype
         where = f"({x0}) in {dtype.__name__}"
         expected, slope = to_float(ref_value(mx), dtype), to_float(ref_grad(mx), dtype)
         k_value, k_grad = condition(ref_value, mx), condition(ref_grad, mx)
         close(value, expected, dtype, f"{name}{where}", k_value)
-        close(jax.grad(fn)(x), slope, dtype, f"{name}'{where}", k_grad)
-        tangent = jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+        close(grad, slope, dtype, f"{name}'{where}", k_grad)
         close(tangent, slope, dtype, f"jvp {name}{where}", k_grad)
+
+
+@jax.jit
+def _row_functions(row):
+    """logsumexp and its gradient, softmax, log_softmax, cross-entropy against label 2 and its
+    gradient, of one row: one compiled program per dtype for every row of the grid."""
+    label = jnp.array([2])
+    ce = lambda z: fg.softmax_cross_entropy(z[None], label)[0]
+    return (
+        fg.logsumexp(row), jax.grad(fg.logsumexp)(row), fg.softmax(row), fg.log_softmax(row),
+        ce(row), jax.grad(ce)(row),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -126,75 +142,104 @@ def test_logsumexp_softmax_and_cross_entropy_rows_at_the_extremes(dtype):
         lse = mrow[0] + tail
         log_probs = [(v - mrow[0]) - tail for v in mrow]
         probs = [mpmath.exp(v - lse) for v in mrow]
-        close(fg.logsumexp(row), to_float(lse, dtype), dtype, f"logsumexp at {x0}", k)
-        for got, p in zip(jax.grad(fg.logsumexp)(row), probs, strict=True):
+        lse_got, lse_grad, softmax, log_softmax, loss, grad = _row_functions(row)
+        close(lse_got, to_float(lse, dtype), dtype, f"logsumexp at {x0}", k)
+        for got, p in zip(lse_grad, probs, strict=True):
             close(got, to_float(p, dtype), dtype, f"logsumexp' at {x0}", k)
-        for got, p in zip(fg.softmax(row), probs, strict=True):
+        for got, p in zip(softmax, probs, strict=True):
             close(got, to_float(p, dtype), dtype, f"softmax at {x0}", k)
-        for got, lp in zip(fg.log_softmax(row), log_probs, strict=True):
+        for got, lp in zip(log_softmax, log_probs, strict=True):
             close(got, to_float(lp, dtype), dtype, f"log_softmax at {x0}", k)
-        loss = fg.softmax_cross_entropy(row[None], jnp.array([2]))[0]
         close(loss, to_float(lse - mrow[2], dtype), dtype, f"cross-entropy at {x0}", k)
-        grad = jax.grad(lambda z: fg.softmax_cross_entropy(z[None], jnp.array([2]))[0])(row)
         onehot = [0, 0, 1]
         for got, p, t in zip(grad, probs, onehot, strict=True):
             close(got, to_float(p - t, dtype), dtype, f"cross-entropy' at {x0}", k)
+
+
+_norm_and_gradient = jax.jit(lambda x: (fg.safe_norm(x), jax.grad(fg.safe_norm)(x)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("scale", [1e20, 1e-23, 0.0, 1.0])
 def test_safe_norm_has_no_overflow_underflow_or_nan(scale, dtype):
     x = jnp.asarray([3 * scale, 4 * scale], dtype)
-    close(fg.safe_norm(x), to_float(5 * scale, dtype), dtype, f"norm at {scale}")
+    norm, grad = _norm_and_gradient(x)  # compiled once per dtype, for every scale
+    close(norm, to_float(5 * scale, dtype), dtype, f"norm at {scale}")
     expected = [0.6, 0.8] if scale else [0.0, 0.0]
-    for got, e in zip(jax.grad(fg.safe_norm)(x), expected, strict=True):
+    for got, e in zip(grad, expected, strict=True):
         close(got, to_float(e, dtype), dtype, f"norm' at {scale}")
 
 
-# funcgrad's conventions where JAX and PyTorch differ or leave the answer undefined.
+# funcgrad's conventions where JAX and PyTorch differ or leave the answer undefined. Each test
+# computes its values and derivatives in one jitted program: op by op, every primitive of the
+# forward and backward passes would compile separately.
 
 
 def test_logsumexp_of_all_minus_inf_is_minus_inf_with_zero_gradient():
     row = jnp.full((2, 3), -jnp.inf)
-    assert bool(jnp.all(fg.logsumexp(row, axis=1) == -jnp.inf))
-    np.testing.assert_array_equal(jax.grad(lambda r: fg.logsumexp(r, axis=1).sum())(row), 0)
+    lse = lambda r: fg.logsumexp(r, axis=1)
+    value, grad = jax.jit(lambda r: (lse(r), jax.grad(lambda v: lse(v).sum())(r)))(row)
+    assert bool(jnp.all(value == -jnp.inf))
+    np.testing.assert_array_equal(grad, 0)
 
 
 def test_logsumexp_where_mask_and_keepdims():
     x = jnp.array([[1.0, 2.0, 50.0]])
     mask = jnp.array([[True, True, False]])
-    np.testing.assert_allclose(fg.logsumexp(x, axis=1, where=mask), jnp.logaddexp(1.0, 2.0))
-    assert fg.logsumexp(x, axis=1, keepdims=True).shape == (1, 1)
-    grad = jax.grad(lambda v: fg.logsumexp(v, axis=1, where=mask).sum())(x)
+    masked = lambda v: fg.logsumexp(v, axis=1, where=mask)
+
+    @jax.jit
+    def run(v):
+        return (
+            masked(v),
+            fg.logsumexp(v, axis=1, keepdims=True),
+            jax.grad(lambda u: masked(u).sum())(v),
+        )
+
+    value, kept, grad = run(x)
+    np.testing.assert_allclose(value, jnp.logaddexp(1.0, 2.0))
+    assert kept.shape == (1, 1)
     assert float(grad[0, 2]) == 0.0
 
 
 def test_fully_masked_softmax_rows_give_zero_and_minus_inf_never_nan():
     x = jnp.array([[1.0, 2.0], [3.0, 4.0]])
     mask = jnp.array([[True, True], [False, False]])
-    np.testing.assert_array_equal(fg.softmax(x, where=mask)[1], [0, 0])
-    assert bool(jnp.all(fg.log_softmax(x, where=mask)[1] == -jnp.inf))
-    for f in (fg.softmax, fg.log_softmax):
-        g = jax.grad(lambda v, f=f: jnp.sum(jnp.where(mask, f(v, where=mask), 0)))(x)
+
+    @jax.jit
+    def run(v):
+        out = []
+        for f in (fg.softmax, fg.log_softmax):
+            kept = lambda u, f=f: jnp.where(mask, f(u, where=mask), 0)
+            grad = jax.grad(lambda u, kept=kept: jnp.sum(kept(u)))(v)
+            out.append((f(v, where=mask), grad, jax.jacfwd(kept)(v)))
+        return out
+
+    (probs, *_), (log_probs, *_) = out = run(x)
+    np.testing.assert_array_equal(probs[1], [0, 0])
+    assert bool(jnp.all(log_probs[1] == -jnp.inf))
+    for _, g, fwd in out:
         assert bool(jnp.all(jnp.isfinite(g)))
-        fwd = jax.jacfwd(lambda v, f=f: jnp.where(mask, f(v, where=mask), 0))(x)
         assert bool(jnp.all(jnp.isfinite(fwd)))
 
 
 def test_cross_entropy_with_minus_inf_logit_of_zero_weight_is_finite():
     logits = jnp.array([[0.0, -jnp.inf, 1.0]])
     targets = jnp.array([[0.5, 0.0, 0.5]])
-    loss = fg.softmax_cross_entropy(logits, targets)
+    total = lambda z: fg.softmax_cross_entropy(z, targets).sum()
+    run = jax.jit(lambda z: (fg.softmax_cross_entropy(z, targets), jax.grad(total)(z),
+                             jax.hessian(total)(z)))  # fmt: skip
+    loss, grad, hess = run(logits)
     assert bool(jnp.all(jnp.isfinite(loss)))
-    grad = jax.grad(lambda z: fg.softmax_cross_entropy(z, targets).sum())(logits)
     assert bool(jnp.all(jnp.isfinite(grad)))
-    hess = jax.hessian(lambda z: fg.softmax_cross_entropy(z, targets).sum())(logits)
     assert bool(jnp.all(jnp.isfinite(hess)))
 
 
 def test_safe_norm_gradient_at_zero_is_zero_in_both_modes():
-    np.testing.assert_array_equal(jax.grad(fg.safe_norm)(jnp.zeros(3)), 0)
-    np.testing.assert_array_equal(jax.jacfwd(fg.safe_norm)(jnp.zeros(3)), 0)
+    both = jax.jit(lambda x: (jax.grad(fg.safe_norm)(x), jax.jacfwd(fg.safe_norm)(x)))
+    rev, fwd = both(jnp.zeros(3))
+    np.testing.assert_array_equal(rev, 0)
+    np.testing.assert_array_equal(fwd, 0)
 
 
 def test_xlogy_is_zero_at_x_zero_whatever_y():
@@ -204,8 +249,9 @@ def test_xlogy_is_zero_at_x_zero_whatever_y():
 
 
 def test_logaddexp_both_minus_inf():
-    assert float(fg.logaddexp(-jnp.inf, -jnp.inf)) == -np.inf
-    grads = jax.grad(fg.logaddexp, argnums=(0, 1))(-jnp.inf, -jnp.inf)
+    run = jax.jit(lambda a, b: (fg.logaddexp(a, b), jax.grad(fg.logaddexp, argnums=(0, 1))(a, b)))
+    value, grads = run(-jnp.inf, -jnp.inf)
+    assert float(value) == -np.inf
     assert [float(g) for g in grads] == [0.0, 0.0]
 
 
@@ -255,15 +301,24 @@ def test_cross_entropy_gradient_on_short_and_long_rows(classes):
 
     Integer labels take optax's one-pass form, exact to an absolute ε per class; one-hot
     targets keep the mass off the maximum apart, so a dominant class's loss keeps its digits."""
+
     logits = jax.random.normal(jax.random.key(0), (4, classes), jnp.float64) * 3
     labels = jnp.array([0, classes - 1, 3, 7])
-    grad = jax.grad(lambda z: jnp.sum(fg.softmax_cross_entropy(z, labels)))(logits)
-    expected = jax.nn.softmax(logits) - jax.nn.one_hot(labels, classes, dtype=jnp.float64)
+
+    @jax.jit  # one compiled program per row length (op by op, every primitive compiles apart)
+    def run(logits, labels):
+        grad = jax.grad(lambda z: jnp.sum(fg.softmax_cross_entropy(z, labels)))(logits)
+        dominant = jnp.zeros((1, classes), jnp.float64).at[0, 5].set(40.0)
+        g = jax.grad(lambda z: fg.softmax_cross_entropy(z, jnp.array([5]))[0])(dominant)
+        onehot = jax.nn.one_hot(jnp.array([5]), classes, dtype=jnp.float64)
+        return grad, g, fg.softmax_cross_entropy(dominant, onehot)[0]
+
+    grad, g, loss = run(logits, labels)
+    # The reference in a program of its own, so that XLA cannot share its softmax with the
+    # gradient's.
+    expected = jax.jit(lambda z, y: jax.nn.softmax(z) - jax.nn.one_hot(y, classes, dtype=z.dtype))
+    expected = expected(logits, labels)
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-15)
-    dominant = jnp.zeros((1, classes), jnp.float64).at[0, 5].set(40.0)
     rest = (classes - 1) * np.exp(-40.0)
-    g = jax.grad(lambda z: fg.softmax_cross_entropy(z, jnp.array([5]))[0])(dominant)
     assert abs(float(g[0, 5]) + rest / (1 + rest)) <= classes * np.finfo(np.float64).eps
-    onehot = jax.nn.one_hot(jnp.array([5]), classes, dtype=jnp.float64)
-    loss = fg.softmax_cross_entropy(dominant, onehot)[0]
     np.testing.assert_allclose(float(loss), np.log1p(rest), rtol=1e-14)
