@@ -18,31 +18,39 @@ def test_matches_jax_dot_product_attention():
     mha = nn.MultiHeadAttention(2, causal=True)
     params, q, _ = setup(mha)
 
-    def project(n):
-        return jnp.einsum("btd,dhk->bthk", q, params[f"w{n}"]) + params[f"b{n}"]
+    @jax.jit  # the layer and the reference in one program, rather than op by op
+    def both(params, q):
+        def project(n):
+            return jnp.einsum("btd,dhk->bthk", q, params[f"w{n}"]) + params[f"b{n}"]
 
-    ref = jax.nn.dot_product_attention(project("q"), project("k"), project("v"), is_causal=True)
-    ref = jnp.einsum("bthk,hko->bto", ref, params["wo"]) + params["bo"]
-    np.testing.assert_allclose(mha.apply(params, q), ref, rtol=2e-5, atol=2e-6)
+        ref = jax.nn.dot_product_attention(project("q"), project("k"), project("v"), is_causal=True)
+        ref = jnp.einsum("bthk,hko->bto", ref, params["wo"]) + params["bo"]
+        return mha.apply(params, q), ref
+
+    np.testing.assert_allclose(*both(params, q), rtol=2e-5, atol=2e-6)
 
 
 def test_causal_output_ignores_later_positions():
     mha = nn.MultiHeadAttention(2, causal=True)
     params, q, _ = setup(mha)
     changed = q.at[:, 3:].set(100.0)
-    np.testing.assert_allclose(
-        mha.apply(params, q)[:, :3], mha.apply(params, changed)[:, :3], rtol=1e-5
-    )
+    apply = jax.jit(mha.apply)  # compiled once for both calls, rather than run op by op
+    np.testing.assert_allclose(apply(params, q)[:, :3], apply(params, changed)[:, :3], rtol=1e-5)
 
 
 def test_cross_attention_and_a_fully_masked_row_gives_no_nan():
     mha = nn.MultiHeadAttention(2)
     params, q, kv = setup(mha, q_len=3, kv_len=7)
     mask = jnp.ones((2, 1, 3, 7), bool).at[:, :, 0, :].set(False)
-    y = mha.apply(params, (q, kv, mask))
+
+    @jax.jit  # the output and its gradient in one program (op by op, every op compiles alone)
+    def run(params):
+        y = mha.apply(params, (q, kv, mask))
+        return y, jax.grad(lambda p: mha.apply(p, (q, kv, mask)).sum())(params)
+
+    y, grads = run(params)
     assert y.shape == (2, 3, 8)
     assert bool(jnp.all(jnp.isfinite(y)))
-    grads = jax.grad(lambda p: mha.apply(p, (q, kv, mask)).sum())(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
@@ -154,7 +162,8 @@ def test_fused_gradients_match_precise(causal):
 def test_precise_path_gradients_match_finite_differences():
     q, k, v = qkv(q_len=3, kv_len=5, heads=2, kv_heads=1, d=4)
     mask = jnp.ones((1, 1, 3, 5), bool).at[..., 0, :].set(False)
-    check_grads(lambda q, k, v: nn.attention(q, k, v, mask=mask, causal=True), (q, k, v))
+    # Jitted: check_grads also calls f once as it is, op by op unless f is compiled.
+    check_grads(jax.jit(lambda q, k, v: nn.attention(q, k, v, mask=mask, causal=True)), (q, k, v))
 
 
 def test_float16_on_cpu_keeps_the_precise_path():
@@ -193,7 +202,8 @@ def test_grouped_query_layer_equals_full_heads_with_repeated_kv_weights():
     full = {n: jnp.repeat(a, 2, axis=-2) if n in ("wk", "wv", "bk", "bv") else a
             for n, a in params.items()}  # fmt: skip
     mha = nn.MultiHeadAttention(4, causal=True, param_dtype=jnp.float64)
-    np.testing.assert_allclose(gqa.apply(params, x), mha.apply(full, x), rtol=1e-12)
+    both = jax.jit(lambda params, full, x: (gqa.apply(params, x), mha.apply(full, x)))
+    np.testing.assert_allclose(*both(params, full, x), rtol=1e-12)  # one program, not op by op
 
 
 def test_kv_heads_that_do_not_divide_heads_name_both():
@@ -206,4 +216,5 @@ def test_layer_fused_float32_is_close_to_precise():
     mha = nn.MultiHeadAttention(2, causal=True)
     params = mha.init(jax.random.key(1), x)
     fused = nn.MultiHeadAttention(2, causal=True, fused=True)
-    np.testing.assert_allclose(fused.apply(params, x), mha.apply(params, x), rtol=1e-4, atol=1e-5)
+    both = jax.jit(lambda p, x: (fused.apply(p, x), mha.apply(p, x)))  # one program, not op by op
+    np.testing.assert_allclose(*both(params, x), rtol=1e-4, atol=1e-5)

@@ -105,13 +105,25 @@ def test_both_paths_match_the_explicit_mask_in_values_and_gradients(name):
     (q, k, v), kwargs, allowed = case(name)
     w = jax.random.normal(jax.random.key(9), q.shape)
     ref = lambda q, k, v: jnp.sum(reference(q, k, v, allowed) * w)
-    want, want_grads = jax.value_and_grad(ref, argnums=(0, 1, 2))(q, k, v)
-    np.testing.assert_allclose(
-        nn.attention(q, k, v, **kwargs), reference(q, k, v, allowed), rtol=2e-5, atol=2e-6
-    )
-    for fused in (False, True):
-        f = lambda q, k, v, fused=fused: jnp.sum(nn.attention(q, k, v, fused=fused, **kwargs) * w)
-        got, grads = jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    # Every value and gradient below in one compiled program (op by op, each of the hundreds of
+    # ops in the gradients compiled on its own). The lengths, ids and mask stay closed-over
+    # constants, so nn.attention sees them concrete, as it does eagerly.
+    @jax.jit
+    def run(q, k, v):
+        want = jax.value_and_grad(ref, argnums=(0, 1, 2))(q, k, v)
+        values = nn.attention(q, k, v, **kwargs), reference(q, k, v, allowed)
+        paths = []
+        for fused in (False, True):
+            f = lambda q, k, v, fused=fused: jnp.sum(
+                nn.attention(q, k, v, fused=fused, **kwargs) * w
+            )
+            paths.append(jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v))
+        return want, values, paths
+
+    (want, want_grads), values, paths = run(q, k, v)
+    np.testing.assert_allclose(*values, rtol=2e-5, atol=2e-6)
+    for got, grads in paths:  # fused=False, then fused=True
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
         for g, h in zip(grads, want_grads, strict=True):
             np.testing.assert_allclose(g, h, rtol=2e-4, atol=2e-5)
@@ -147,9 +159,12 @@ def test_layer_lengths_input_matches_each_row_alone_and_pads_with_zero():
     x = jax.random.normal(jax.random.key(0), (2, 5, 8))
     params = mha.init(jax.random.key(1), x)
     lengths = jnp.array([3, 5])
-    y, out_lengths = mha.apply(params, (x, lengths))
+    # Both passes in one program (op by op, each op would compile on its own for each shape);
+    # the lengths a closed-over constant, concrete as they are eagerly.
+    run = jax.jit(lambda p, x: (mha.apply(p, (x, lengths)), mha.apply(p, x[:, :3])))
+    (y, out_lengths), alone = run(params, x)
     assert bool(jnp.all(out_lengths == lengths))
-    alone = mha.apply(params, x[:, :3])  # row 0 alone; row 1 (full length) reads its 4th token
+    # alone: row 0 alone; row 1 (full length) reads its 4th token
     np.testing.assert_allclose(y[0, :3], alone[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(y[1, 2], alone[1, 2], atol=1e-4)
     assert bool(jnp.all(y[0, 3:] == 0))
@@ -160,12 +175,18 @@ def test_windowed_decoding_matches_the_windowed_forward_pass():
     x = jax.random.normal(jax.random.key(0), (1, 5, 8))
     params = mha.init(jax.random.key(1), x)
     state = mha.init_cache(1, 5, params=params)
-    y0, state = mha.apply(params, x[:, :4], state=state, position=0)
-    y1, state = mha.apply(params, x[:, 4:], state=state, position=4)
-    full = mha.apply(params, x)
-    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, rtol=1e-5, atol=1e-5)
-    # The window matters: without it the last position reads more of the past.
-    wide = nn.MultiHeadAttention(2, causal=True, rope=True).apply(params, x)
+
+    @jax.jit  # one program for all four passes (op by op, each op compiles for each shape)
+    def run(params, x, state):
+        y0, state = mha.apply(params, x[:, :4], state=state, position=0)
+        y1, state = mha.apply(params, x[:, 4:], state=state, position=4)
+        full = mha.apply(params, x)
+        # The window matters: without it the last position reads more of the past.
+        wide = nn.MultiHeadAttention(2, causal=True, rope=True).apply(params, x)
+        return jnp.concatenate([y0, y1], 1), full, wide
+
+    decoded, full, wide = run(params, x, state)
+    np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
     assert not np.allclose(wide[:, -1], full[:, -1], atol=1e-4)
 
 
@@ -178,12 +199,13 @@ def test_a_packed_row_gives_each_document_its_own_logits():
     tokens = jnp.array([a + b, a + filler[:3], b + filler])
     ids = jnp.array([[0, 0, 0, 0, 1, 1, 1], [0] * 7, [0] * 7])
     params = model.init(jax.random.key(0), tokens)
-    logits = jax.jit(lambda p, x, s: model.apply(p, x, segment_ids=s))(params, tokens, ids)
+    run = jax.jit(lambda p, x, s: model.apply(p, x, segment_ids=s))  # compiled once, run twice
+    logits = run(params, tokens, ids)
     np.testing.assert_allclose(logits[0, :4], logits[1, :4], atol=1e-5)
     np.testing.assert_allclose(logits[0, 4:], logits[2, :3], atol=1e-5)
     # Unpacked, b would read a (and take positions 4..6): the segments are what separate them.
     ones = jnp.zeros_like(ids)
-    mixed = jax.jit(lambda p, x, s: model.apply(p, x, segment_ids=s))(params, tokens, ones)
+    mixed = run(params, tokens, ones)
     assert not np.allclose(mixed[0, 4:], logits[2, :3], atol=1e-3)
 
 

@@ -18,13 +18,19 @@ def attn(**kw):
     return nn.MultiHeadAttention(4, causal=True, **kw)
 
 
+# Compiled once per model (layers are frozen dataclasses, equal when built alike), so the
+# parametrizations that share a layer share its programs; the position is a traced int32, so one
+# program serves every position of a chunk length.
+step = jax.jit(lambda model, p, c, x, t: model.apply(p, x, state=c, position=t), static_argnums=0)
+forward = jax.jit(lambda model, p, x: model.apply(p, x), static_argnums=0)
+
+
 def decode(model, params, x, chunks, **cache_kw):
     """Run ``x`` through ``model`` in pieces of the given lengths with a cache; outputs joined."""
     cache = model.init_cache(x.shape[0], x.shape[1] + 2, **cache_kw)
     ys, t = [], 0
-    step = jax.jit(lambda p, c, x, t: model.apply(p, x, state=c, position=t))
     for n in chunks:
-        y, cache = step(params, cache, x[:, t : t + n], t)
+        y, cache = step(model, params, cache, x[:, t : t + n], jnp.int32(t))
         ys.append(y)
         t += n
     return jnp.concatenate(ys, axis=1), cache
@@ -32,7 +38,7 @@ def decode(model, params, x, chunks, **cache_kw):
 
 def check(model, x, chunks=(1, 1, 1, 1, 1, 1), **cache_kw):
     params = to64(model.init(jax.random.key(1), x))
-    want = model.apply(params, x)
+    want = forward(model, params, x)
     got, cache = decode(model, params, x, chunks, **cache_kw)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     return params, cache
@@ -93,7 +99,7 @@ def test_mixed_precision_caches_in_the_compute_dtype():
     x = jax.random.normal(jax.random.key(0), (1, 4, 3), jnp.float32)
     params = model.init(jax.random.key(1), x)
     got, _ = decode(model, params, x, (2, 1, 1), features=D)
-    np.testing.assert_allclose(got, model.apply(params, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, forward(model, params, x), rtol=1e-4, atol=1e-5)
 
 
 def test_state_and_cache_travel_together():
@@ -102,16 +108,22 @@ def test_state_and_cache_travel_together():
     params, state = model.init_with_state(jax.random.key(1), x)
     both = model.init_cache(2, 3, params=params, dtype=jnp.float64, state=state)
     assert set(both) == {"batch_norm_1", "attention_2"}
-    y, new_both = model.apply(params, x, state=both, position=0)
+
+    @jax.jit  # both passes in one program, not op by op; the position stays a concrete 0
+    def run(params, x, both, state):
+        return model.apply(params, x, state=both, position=0), model.apply(params, x, state=state)
+
+    (y, new_both), (plain, _) = run(params, x, both, state)
     assert jax.tree.structure(new_both) == jax.tree.structure(both)
-    np.testing.assert_allclose(y, model.apply(params, x, state=state)[0], rtol=1e-6)
+    np.testing.assert_allclose(y, plain, rtol=1e-6)
 
 
 def test_init_cache_on_a_state_that_has_a_cache_starts_a_fresh_one():
     model = nn.serial(nn.Dense(D), attn())
     x = jnp.ones((1, 2, 3))
     params = model.init(jax.random.key(0), x)
-    _, used = model.apply(params, x, state=model.init_cache(1, 4, params=params), position=0)
+    run = jax.jit(lambda p, x, c: model.apply(p, x, state=c, position=0))  # not op by op
+    _, used = run(params, x, model.init_cache(1, 4, params=params))
     fresh = model.init_cache(1, 4, params=params, state=used)
     assert not any(bool(a.any()) for a in jax.tree.leaves(fresh))
 
@@ -183,8 +195,10 @@ def test_a_full_cache_still_decodes_its_last_position():
     layer = attn()
     x = jax.random.normal(jax.random.key(0), (1, 8, D))
     params = layer.init(jax.random.key(0), x)
-    y, _ = layer.apply(params, x, state=layer.init_cache(1, 8, params=params), position=0)
-    np.testing.assert_allclose(y, layer.apply(params, x), rtol=1e-5, atol=1e-6)
+    # Both passes in one program, not op by op; the position stays a concrete 0.
+    run = jax.jit(lambda p, x, c: (layer.apply(p, x, state=c, position=0)[0], layer.apply(p, x)))
+    y, want = run(params, x, layer.init_cache(1, 8, params=params))
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
 def test_cache_errors_are_clear():

@@ -23,6 +23,13 @@ def lm():
     return nn.serial(nn.Embedding(VOCAB, D), nn.repeat(block, 2), nn.LayerNorm(), nn.Dense(VOCAB))
 
 
+# The forward pass and one cached step, each compiled once per model (a static argument: layers
+# are frozen dataclasses) and shape, and shared by the tests; run op by op, every op would compile
+# for every sequence length. A traced int32 position lets one program serve every position.
+forward = jax.jit(lambda model, p, x: model.apply(p, x), static_argnums=0)
+step = jax.jit(lambda model, p, c, x, t: model.apply(p, x, state=c, position=t), static_argnums=0)
+
+
 @pytest.fixture(scope="module")
 def model_params():
     model = lm()
@@ -36,21 +43,20 @@ def test_cached_logits_equal_the_full_forward(model_params):
     model, params, _ = model_params
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)  # the fixture ran in 32-bit mode
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, VOCAB)
-    want = model.apply(params, tokens)
+    want = forward(model, params, tokens)
     state = model.init_cache(2, 7, params=params, dtype=jnp.float64)
-    got, state = model.apply(params, tokens[:, :3], state=state, position=0)
+    got, state = step(model, params, state, tokens[:, :3], jnp.int32(0))
     steps = [got]
     for t in range(3, 7):
-        logits, state = model.apply(params, tokens[:, t : t + 1], state=state, position=t)
+        logits, state = step(model, params, state, tokens[:, t : t + 1], jnp.int32(t))
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), want, rtol=1e-10, atol=1e-10)
 
 
 def greedy_by_recompute(model, params, prompt, n):
-    apply = jax.jit(model.apply)  # one compile a length; op by op, every op recompiled for each
-    tokens = prompt
+    tokens = prompt  # `forward`: one compile a length; op by op, every op recompiled for each
     for _ in range(n):
-        nxt = jnp.argmax(apply(params, tokens)[:, -1], axis=-1)
+        nxt = jnp.argmax(forward(model, params, tokens)[:, -1], axis=-1)
         tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
     return tokens
 
@@ -68,7 +74,7 @@ def test_top_k_samples_only_the_k_most_likely(model_params):
     out = nn.generate(model, params, prompt, 6, key=jax.random.key(3), top_k=3, features=D)
     assert out.shape == (2, 9) and out.dtype == prompt.dtype
     np.testing.assert_array_equal(out[:, :3], prompt)
-    logits = model.apply(params, out)[:, 2:-1]  # the logits each new token was drawn from
+    logits = forward(model, params, out)[:, 2:-1]  # the logits each new token was drawn from
     top3 = jnp.argsort(logits, axis=-1)[..., -3:]
     assert bool(jnp.all(jnp.any(top3 == out[:, 3:, None], axis=-1)))
     again = nn.generate(model, params, prompt, 6, key=jax.random.key(3), top_k=3, features=D)
@@ -131,9 +137,10 @@ def test_generate_keeps_the_model_state():
     params, state = model.init_with_state(jax.random.key(0), prompt)
     state = jax.tree.map(lambda a: a + 0.5, state)
     out = nn.generate(model, params, prompt, 3, key=jax.random.key(1), temperature=0, state=state)
+    apply = jax.jit(lambda p, x, s: model.apply(p, x, state=s))  # one compile a length
     tokens = prompt
     for _ in range(3):
-        logits, _ = model.apply(params, tokens, state=state)
+        logits, _ = apply(params, tokens, state)
         tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
     np.testing.assert_array_equal(out, tokens)
 
@@ -147,7 +154,7 @@ def test_the_decoding_benchmark_compares_like_with_like():
     tokens = jax.random.randint(jax.random.key(0), (1, 12), 0, VOCAB)
     params = model.init(jax.random.key(1), tokens)
     cache = model.init_cache(1, 12, params=params)
-    logits, cache = model.apply(params, tokens[:, :8], state=cache, position=0)
+    logits, cache = step(model, params, cache, tokens[:, :8], jnp.int32(0))
     first = jnp.argmax(logits[:, -1], axis=-1)
     fast = bench.cached(model, 3)(params, cache, first, jnp.asarray(8))
     slow = bench.recompute(model, 3)(params, tokens.at[:, 8].set(first), jnp.asarray(9))

@@ -70,18 +70,21 @@ def test_mixed_precision_computes_in_bf16_and_keeps_float32_outside():
     model = nn.mixed_precision(base)
     x = jax.random.normal(jax.random.key(1), (8, 16), jnp.float32)
     params = model.init(jax.random.key(0), x)
-    assert jax.tree.structure(params) == jax.tree.structure(base.init(jax.random.key(0), x))
+    base_params = jax.eval_shape(base.init, jax.random.key(0), x)  # traced, not compiled and drawn
+    assert jax.tree.structure(params) == jax.tree.structure(base_params)
     assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     loss = lambda p: jnp.mean(model.apply(p, x) ** 2)
-    assert model.apply(params, x).dtype == jnp.float32
-    assert loss(params).dtype == jnp.float32
-    grads = jax.grad(loss)(params)
+    # Both models' outputs, the loss and its gradient in one program (op by op, each op compiles).
+    run = jax.jit(lambda p: (model.apply(p, x), loss(p), jax.grad(loss)(p), base.apply(p, x)))
+    y, value, grads, y_base = run(params)
+    assert y.dtype == jnp.float32
+    assert value.dtype == jnp.float32
     assert {a.dtype for a in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     # The matmuls run in bfloat16:
     g = inspect.graph(lambda p: model.apply(p, x), params)
     assert {n.outputs[0][:4] for n in g.find("dot_general")} == {"bf16"}
     # Close to the float32 model, at bfloat16's precision.
-    np.testing.assert_allclose(model.apply(params, x), base.apply(params, x), rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(y, y_base, rtol=0.05, atol=0.05)
     s = inspect.summary(model, params, x)
     assert s.rows[0].output == "f32[8,10]" and s.rows[1].output == "bf16[8,10]"
 
@@ -120,15 +123,21 @@ def test_mixed_precision_works_whatever_comes_first(first):
     model = nn.mixed_precision(base)
     x = jax.random.normal(jax.random.key(1), (2, 5, 8), jnp.float32)
     params = model.init(jax.random.key(0), x)
+    # The plain model's parameters are only compared by shape: traced, not compiled and drawn.
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(
-        jnp.shape, base.init(jax.random.key(0), x)
+        jnp.shape, jax.eval_shape(base.init, jax.random.key(0), x)
     )
     assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-    y = model.apply(params, x)
+
+    @jax.jit  # both models' outputs and the gradient in one program (op by op, each op compiles)
+    def run(params, x):
+        grads = jax.grad(lambda p: jnp.mean(model.apply(p, x) ** 2))(params)
+        return model.apply(params, x), base.apply(params, x), grads
+
+    y, y_base, grads = run(params, x)
     assert y.dtype == jnp.float32
     # bf16 keeps about 3 significant digits; 12 layers of them stay within a few percent.
-    np.testing.assert_allclose(y, base.apply(params, x), rtol=0.1, atol=0.1)
-    grads = jax.grad(lambda p: jnp.mean(model.apply(p, x) ** 2))(params)
+    np.testing.assert_allclose(y, y_base, rtol=0.1, atol=0.1)
     assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
