@@ -93,6 +93,12 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     # primitives a page registers are gone after it, as in a fresh interpreter
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    # The blocks run mostly op by op, each op a small XLA program compiled on first use: XLA's
+    # cheapest settings compile them in about a third less CPU time (what a block computes is the
+    # same; it runs slower, and only that it runs, and the blocks' own asserts, are checked here).
+    # The programs so compiled are dropped after the page, so no later test reuses them.
+    cheap = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
     start = time.process_time()
     try:
         for block in python_blocks(page.read_text()):
@@ -101,6 +107,8 @@ def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
                 exec(compile(runnable(block.code), name, "exec"), vars(module))
     finally:
         jax.config.update("jax_enable_x64", x64)
+        jax.config.update("jax_disable_most_optimizations", cheap)
+        jax.clear_caches()
     seconds = time.process_time() - start
     assert seconds < PAGE_CPU_SECONDS, (
         f"{page.name} took {seconds:.0f} s of CPU; shrink its numbers"
