@@ -157,7 +157,19 @@ def test_char_transformer_loads_what_it_saved_and_skips_training(tiny_transforme
     assert len(samples) == 3 and all(s.startswith("class Help") and len(s) == 60 for s in samples)
 
 
-def test_char_transformer_never_samples_beyond_its_context(monkeypatch):
+@pytest.fixture
+def cheap_compiles():
+    """CHEAP for a test that runs here, in pytest's process; its programs are dropped after it."""
+    import jax
+
+    cheap = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", cheap)
+    jax.clear_caches()
+
+
+def test_char_transformer_never_samples_beyond_its_context(monkeypatch, cheap_compiles):
     import char_transformer
     import jax
     import jax.numpy as jnp
