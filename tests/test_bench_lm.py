@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.append(str(SCRIPTS))  # bench_lm and its interleave.py
@@ -16,6 +17,19 @@ bench_lm = importlib.import_module("bench_lm")
 
 MICRO = dict(vocab=64, d=32, inter=48, layers=2, heads=4, kv=2, batch=4, length=8,
              contexts=(12,), new=4, steps=1)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cheap_compiles():
+    """XLA's cheapest settings: these tests are nearly all compiling (every variant at a micro size,
+    run once), which then takes about a quarter less CPU time; the figures are only checked for
+    being reported, and both decoders are compiled alike. The programs so compiled are dropped
+    after this module, so no later test reuses them."""
+    cheap = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", cheap)
+    jax.clear_caches()
 
 
 def test_every_training_variant_is_timed_and_costed() -> None:

@@ -81,8 +81,22 @@ PAGES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cheap_compiles():
+    """XLA's cheapest settings while the pages run. Their blocks run mostly op by op, each op a
+    small XLA program compiled on first use, and compile in about a third less CPU time so (what
+    a block computes is the same; it runs slower, and only that it runs, with the blocks' own
+    asserts, is checked here). The programs so compiled are dropped after this module, so no
+    later test reuses them; pages share them with each other."""
+    cheap = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", cheap)
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch):
+def test_every_block_of_the_page_runs(page, tmp_path, monkeypatch, cheap_compiles):
     if len(jax.devices()) < NEEDS_DEVICES.get(page.name, 1):
         pytest.skip(f"{page.name} needs {NEEDS_DEVICES[page.name]} devices")
     monkeypatch.chdir(tmp_path)
