@@ -18,7 +18,10 @@ def normal(*shape, seed=0):
 
 
 def init64(layer, x):
-    return jax.tree.map(lambda p: p.astype(jnp.float64), layer.init(KEY, x))
+    # Jitted: one program, not one compile per eager op (the casts included).
+    return jax.jit(lambda k, v: jax.tree.map(lambda p: p.astype(jnp.float64), layer.init(k, v)))(
+        KEY, x
+    )
 
 
 def sigmoid(v):
