@@ -70,10 +70,11 @@ def test_seed3_multivariate_chain_rule_both_modes():
 def test_seed4_softmax_regression_gradients_are_y_minus_t():
     import softmax_regression as seed
 
-    x, t = seed.make_batch(jax.random.key(3), n=16)
+    # Jitted: one program each, not one compile per eager op.
+    x, t = jax.jit(seed.make_batch, static_argnames="n")(jax.random.key(3), n=16)
     params = {"w": jax.random.normal(jax.random.key(4), (2, 3)), "b": jnp.arange(3.0)}
-    auto = jax.grad(seed.loss)(params, x, t)
-    hand = seed.by_hand(params, x, t)
+    auto = jax.jit(jax.grad(seed.loss))(params, x, t)
+    hand = jax.jit(seed.by_hand)(params, x, t)
     np.testing.assert_allclose(auto["w"], hand["w"], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(auto["b"], hand["b"], rtol=1e-12, atol=1e-15)
 
@@ -113,19 +114,21 @@ def test_seed5_naive_overflows_builtin_does_not():
 def test_seed6_one_sgd_step_lowers_the_loss():
     import seed6_traditional_network as seed
 
-    params = seed.model.init(jax.random.key(0), seed.image)
+    # Jitted: one program each, not one compile per eager op.
+    params = jax.jit(seed.model.init)(jax.random.key(0), seed.image)
     assert params["dense_1"]["w"].shape == (600, 60)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-    new_params, before = seed.sgd_step(params)
-    assert float(seed.loss(new_params)) < float(before)
+    new_params, before = jax.jit(seed.sgd_step)(params)
+    assert float(jax.jit(seed.loss)(new_params)) < float(before)
 
 
 def test_seed7_nodes_agree_with_jax_to_rounding():
     import seed7_caffe_nodes as seed
 
     args = seed.example_inputs()
-    ours = jax.grad(seed.net, argnums=(0, 1, 2, 3, 4))(*args)
-    theirs = jax.grad(seed.reference, argnums=(0, 1, 2, 3, 4))(*args)
+    # Jitted: one program each, not one compile per eager op.
+    ours = jax.jit(jax.grad(seed.net, argnums=(0, 1, 2, 3, 4)))(*args)
+    theirs = jax.jit(jax.grad(seed.reference, argnums=(0, 1, 2, 3, 4)))(*args)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
     fg.testing.check_grads(seed.net, args, order=2)

@@ -27,13 +27,13 @@ def test_loop_form_gives_the_same_gradients(shape, kernel, strides, padding):
     x = jax.random.normal(jax.random.key(0), shape)
     params = layer.init(jax.random.key(1), x)
     loss = lambda p, v: jnp.sum(jnp.sin(layer.apply(p, v)))
-    plain = jax.grad(loss, argnums=(0, 1))(params, x)
+    plain = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)  # one program, not op by op
 
     def looped(p, v):
         with loop_body():
             return loss(p, v)
 
-    in_loop = jax.grad(looped, argnums=(0, 1))(params, x)
+    in_loop = jax.jit(jax.grad(looped, argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(in_loop), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     fg.testing.check_grads(looped, (params, x), order=1, modes=("rev",))

@@ -23,22 +23,25 @@ def setup():
 
 def test_per_example_grads_equal_a_python_loop():
     _, params, (x, y), loss_fn = setup()
-    grads = fg.train.per_example_grads(loss_fn)(params, (x, y))
+    grads = jax.jit(fg.train.per_example_grads(loss_fn))(params, (x, y))  # one program
     grad = jax.jit(jax.grad(loss_fn))  # compiled once for the six one-example batches
+    # Sliced in NumPy: slicing a JAX array eagerly compiles a program for every index.
+    x_np, y_np, grads_np = np.asarray(x), np.asarray(y), jax.tree.map(np.asarray, grads)
     for i in range(6):
-        single = grad(params, (x[i : i + 1], y[i : i + 1]))
-        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(single), strict=True):
+        single = grad(params, (x_np[i : i + 1], y_np[i : i + 1]))
+        for a, b in zip(jax.tree.leaves(grads_np), jax.tree.leaves(single), strict=True):
             np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6)
-    mean = jax.tree.map(lambda g: g.mean(0), grads)
-    full = jax.grad(loss_fn)(params, (x, y))
+    mean = jax.tree.map(lambda g: g.mean(0), grads_np)
+    full = grad(params, (x, y))
     for a, b in zip(jax.tree.leaves(mean), jax.tree.leaves(full), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_clipping_bounds_each_example_norm():
     _, params, batch, loss_fn = setup()
-    raw = fg.train.per_example_grads(loss_fn)(params, batch)
-    clipped = fg.train.per_example_grads(loss_fn, clip_norm=0.1)(params, batch)
+    # Jitted: one program each, not one compile per eager op.
+    raw = jax.jit(fg.train.per_example_grads(loss_fn))(params, batch)
+    clipped = jax.jit(fg.train.per_example_grads(loss_fn, clip_norm=0.1))(params, batch)
     norms = fg.train.global_norms(clipped)
     assert bool(jnp.all(norms <= 0.1 + 1e-6))
     raw_norms = fg.train.global_norms(raw)
@@ -50,9 +53,10 @@ def test_dp_sgd_step_with_optax_aggregate():
     dp = optax.contrib.differentially_private_aggregate(
         l2_norm_clip=1.0, noise_multiplier=0.0, key=0
     )
-    grads = fg.train.per_example_grads(loss_fn)(params, batch)
+    # Jitted: one program each, not one compile per eager op.
+    grads = jax.jit(fg.train.per_example_grads(loss_fn))(params, batch)
     updates, _ = dp.update(grads, dp.init(params), params)
-    clipped = fg.train.per_example_grads(loss_fn, clip_norm=1.0)(params, batch)
+    clipped = jax.jit(fg.train.per_example_grads(loss_fn, clip_norm=1.0))(params, batch)
     for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(clipped), strict=True):
         np.testing.assert_allclose(a, b.mean(0), rtol=1e-5, atol=1e-7)
 
