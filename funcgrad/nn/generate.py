@@ -109,19 +109,22 @@ def generate(
         batch, max_length, params=params, features=features, dtype=cache_dtype, state=state
     )
     greedy = temperature == 0 or top_k == 1
-    nucleus = None if greedy or top_p is None or top_p >= 1 else float(top_p)
+    nucleus = not (greedy or top_p is None or top_p >= 1)
+    # Temperature and top_p are inputs of the compiled loop, not constants: a sweep over them
+    # reuses one program.
+    knobs = jnp.asarray([1.0 if greedy else temperature, top_p if nucleus else 1.0], jnp.float32)
     return _generate(
-        model, max_new_tokens, 1.0 if greedy else float(temperature), None if greedy else top_k,
-        nucleus, greedy, params, prompt, cache, key,
+        model, max_new_tokens, None if greedy else top_k, nucleus, greedy, params, prompt,
+        cache, key, knobs,
     )  # fmt: skip
 
 
 def _sample(
     logits: jax.Array,
     key: jax.Array,
-    temperature: float,
+    temperature: jax.Array,
     top_k: int | None,
-    top_p: float | None,
+    top_p: jax.Array | None,
     greedy: bool,
 ) -> jax.Array:
     """One token per row of ``logits`` ``(batch, vocab)``: temperature, then top-k, then top-p."""
@@ -141,19 +144,21 @@ def _sample(
     return jax.random.categorical(key, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _generate(
     model: Layer,
     steps: int,
-    temperature: float,
     top_k: int | None,
-    top_p: float | None,
+    nucleus: bool,
     greedy: bool,
     params: Params,
     prompt: jax.Array,
     cache: Any,
     key: jax.Array,
+    knobs: jax.Array,
 ) -> jax.Array:
+    temperature, top_p = knobs[0], (knobs[1] if nucleus else None)
+
     def logits_of(tokens: jax.Array, cache: Any, position: Any) -> tuple[jax.Array, Any]:
         logits, cache = model.apply(params, tokens, state=cache, position=position)
         if logits.ndim != 3 or logits.shape[:2] != tokens.shape:

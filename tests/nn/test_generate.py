@@ -95,6 +95,22 @@ def test_sampling_follows_the_temperature(model_params):
     assert agree_with_greedy(100.0) < 0.5
 
 
+def test_a_sweep_over_temperature_and_top_p_compiles_one_program(model_params):
+    """Temperature and top_p are inputs of the compiled decoding loop, not constants in it."""
+    from funcgrad.nn.generate import _generate
+
+    model, params, prompt = model_params
+    run = lambda t, p: nn.generate(
+        model, params, prompt, 2, key=jax.random.key(1), temperature=t, top_p=p, features=D
+    )
+    run(0.5, 0.9)
+    before = _generate._cache_size()
+    outs = [run(t, p) for t, p in ((0.7, 0.8), (1.3, 0.95), (1e-4, 0.5))]
+    assert _generate._cache_size() == before
+    greedy = nn.generate(model, params, prompt, 2, key=jax.random.key(1), temperature=0, features=D)
+    np.testing.assert_array_equal(outs[-1], greedy)  # a near-zero temperature is still read
+
+
 def test_bad_arguments_are_named(model_params):
     model, params, prompt = model_params
     key = jax.random.key(0)
