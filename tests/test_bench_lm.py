@@ -7,6 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import backends
 import jax
 import jax.numpy as jnp
 import pytest
@@ -25,11 +26,8 @@ def cheap_compiles():
     run once), which then takes about a quarter less CPU time; the figures are only checked for
     being reported, and both decoders are compiled alike. The programs so compiled are dropped
     after this module, so no later test reuses them."""
-    cheap = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", cheap)
-    jax.clear_caches()
+    with backends.cheap_compiles():
+        yield
 
 
 def test_every_training_variant_is_timed_and_costed() -> None:

@@ -19,6 +19,7 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+import backends
 import jax
 import pytest
 
@@ -88,11 +89,8 @@ def cheap_compiles():
     a block computes is the same; it runs slower, and only that it runs, with the blocks' own
     asserts, is checked here). The programs so compiled are dropped after this module, so no
     later test reuses them; pages share them with each other."""
-    cheap = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", cheap)
-    jax.clear_caches()
+    with backends.cheap_compiles():
+        yield
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -7,6 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import backends
 import pytest
 
 from funcgrad.inspect.graph import dot_program
@@ -17,11 +18,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Most examples spend their time compiling (small programs, many of them op by op): XLA's cheapest
 # settings compile them in about a quarter less CPU time, and what they compute is the same (the
 # programs run slower). The digits trainers run a thousand steps or so and are faster as they are.
-CHEAP = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
 def environment(extra: dict[str, str] | None = None, cheap: bool = True) -> dict[str, str]:
-    return {**os.environ, **(CHEAP if cheap else {}), **(extra or {})}
+    return {**os.environ, **(backends.CHEAP_COMPILES_ENV if cheap else {}), **(extra or {})}
 
 
 def run(name: str, *args: str, env: dict[str, str] | None = None, cheap: bool = True) -> str:
@@ -159,14 +159,9 @@ def test_char_transformer_loads_what_it_saved_and_skips_training(tiny_transforme
 
 @pytest.fixture
 def cheap_compiles():
-    """CHEAP for a test that runs here, in pytest's process; its programs are dropped after it."""
-    import jax
-
-    cheap = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", cheap)
-    jax.clear_caches()
+    """`backends.cheap_compiles` for one test that runs in pytest's process."""
+    with backends.cheap_compiles():
+        yield
 
 
 def test_char_transformer_never_samples_beyond_its_context(monkeypatch, cheap_compiles):
