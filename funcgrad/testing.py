@@ -81,9 +81,6 @@ def _check_one(
         return
     arg_name = _describe(x, label)
     g = lambda v: f(unravel(v))
-    bad = [mode for mode in modes if mode not in ("fwd", "rev")]
-    if bad:
-        raise ConfigError(f"check_grads: modes must be 'fwd' or 'rev'; got {bad[0]!r}")
     v = jnp.asarray(rng.standard_normal(flat.shape))
     u = jnp.asarray(rng.standard_normal(jax.eval_shape(g, flat).shape))
 
@@ -154,6 +151,9 @@ def check_grads(
     """
     if order not in (1, 2):
         raise ConfigError(f"check_grads: order must be 1 or 2; got {order}")
+    bad = [mode for mode in modes if mode not in ("fwd", "rev")]
+    if bad:
+        raise ConfigError(f"check_grads: modes must be 'fwd' or 'rev'; got {bad[0]!r}")
     with jax.enable_x64(True):
         args64 = [_to64(a) for a in args]
         rng = np.random.default_rng(seed)
